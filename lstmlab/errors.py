@@ -1,0 +1,51 @@
+"""Bad input is reported as one line that names the key or file and what was expected."""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+class LabError(Exception):
+    """Bad input from the user: one line on stderr, exit code 2, no result.csv written."""
+
+
+def one_line(exc: BaseException) -> str:
+    """A one-line description of a Hydra, OmegaConf or lstmlab error."""
+    from hydra.errors import InstantiationException, MissingConfigException
+    from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+    if isinstance(exc, MissingConfigException):
+        return _missing_option(exc)
+    cause = exc.__cause__ if exc.__cause__ is not None else exc
+    if isinstance(exc, InstantiationException) and isinstance(cause, (ValueError, TypeError, LabError)):
+        return _first_line(cause)
+    if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
+        message = _first_line(cause)
+        if isinstance(cause, ConfigKeyError) and "not in" in message:
+            message = f"no such key{_expected_keys(cause)}"
+        return f"{cause.full_key}: {message}"
+    return _first_line(exc)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _missing_option(exc) -> str:
+    """'In 'config': Could not find 'task/nope'' + the available options -> one line."""
+    text = str(exc)
+    options = [line.strip() for line in text.splitlines() if line.startswith("\t")]
+    missing = getattr(exc, "missing_cfg_file", None) or ""
+    group, _, option = missing.rpartition("/")
+    if group and options:
+        return f"{group}={option}: no such option; expected one of: {', '.join(options)}"
+    return _first_line(exc)
+
+
+def _expected_keys(cause) -> str:
+    object_type = getattr(cause, "object_type", None)
+    if object_type is not None and dataclasses.is_dataclass(object_type):
+        names = [f.name for f in dataclasses.fields(object_type) if not f.name.startswith("_")]
+        return f"; expected one of: {', '.join(names)}"
+    return ""

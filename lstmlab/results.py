@@ -1,0 +1,102 @@
+"""The one place that writes a run's results. Every file is written atomically.
+
+A run directory holds:
+
+- ``metrics.csv``: one row per epoch: ``epoch, step, seconds, train_loss``, then each metric
+  the task's ``evaluate`` returns (e.g. ``test_loss, test_acc, exhaustive_acc``).
+- ``result.csv``: one row: the resolved config flattened to dotted columns
+  (``model.hidden_size``, ...), then the final metrics, ``epochs``, ``stop_reason``,
+  ``params``, ``train_seconds``, ``device``, ``status``. It is written last: a run
+  without it did not finish.
+- ``model.pt``: the trained state_dict (``torch.load(path, weights_only=True)``).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import pandas as pd
+import torch
+
+METRICS_FILE = "metrics.csv"
+RESULT_FILE = "result.csv"
+MODEL_FILE = "model.pt"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside ``path``, then rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_csv(path: Path, frame: pd.DataFrame) -> None:
+    atomic_write_bytes(path, frame.to_csv(index=False).encode())
+
+
+def atomic_torch_save(path: Path, obj: Any) -> None:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def flatten_config(config: Mapping, prefix: str = "") -> dict[str, Any]:
+    """{"model": {"hidden_size": 16}} -> {"model.hidden_size": 16}; lists become strings."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten_config(value, prefix=f"{name}."))
+        elif isinstance(value, (list, tuple)):
+            flat[name] = str(list(value))
+        else:
+            flat[name] = value
+    return flat
+
+
+class RunRecorder:
+    """Collects a run's per-epoch rows and final row, and writes them into ``run_dir``."""
+
+    def __init__(self, run_dir: Path | str, flush_seconds: float = 2.0) -> None:
+        self.run_dir = Path(run_dir)
+        self.rows: list[dict] = []
+        self.flush_seconds = flush_seconds
+        self._last_flush = 0.0
+
+    def add_epoch(self, row: dict) -> None:
+        """Keeps the row; rewrites metrics.csv at most every ``flush_seconds`` (and on finish)."""
+        self.rows.append(dict(row))
+        if time.monotonic() - self._last_flush >= self.flush_seconds:
+            self.flush_metrics()
+
+    def flush_metrics(self) -> None:
+        if self.rows:
+            atomic_write_csv(self.run_dir / METRICS_FILE, pd.DataFrame(self.rows))
+        self._last_flush = time.monotonic()
+
+    def save_model(self, state_dict: Mapping[str, torch.Tensor]) -> Path:
+        path = self.run_dir / MODEL_FILE
+        atomic_torch_save(path, {k: v.detach().cpu() for k, v in state_dict.items()})
+        return path
+
+    def write_result(self, config: Mapping, summary: Mapping[str, Any]) -> Path:
+        """The run's one-row summary: flattened config, then the summary's columns."""
+        self.flush_metrics()
+        row = flatten_config(config) | dict(summary)
+        path = self.run_dir / RESULT_FILE
+        atomic_write_csv(path, pd.DataFrame([row]))
+        return path

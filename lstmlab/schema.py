@@ -1,0 +1,148 @@
+"""Structured schemas of the config groups, registered in Hydra's ConfigStore.
+
+Each YAML option in ``conf/`` starts from one of these dataclasses, so a misspelt key or a
+value of the wrong type fails when the config is composed, before anything trains; range
+checks run in ``__post_init__`` when :func:`validate` turns the config into these objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from .errors import LabError
+
+
+def _check(key: str, ok: bool, expected: str, value) -> None:
+    if not ok:
+        raise LabError(f"{key}={value}: expected {expected}")
+
+
+def _at_least(key: str, value, minimum) -> None:
+    _check(key, value >= minimum, f"a number >= {minimum}", value)
+
+
+def _one_of(key: str, value, choices) -> None:
+    _check(key, value in choices, f"one of {', '.join(map(str, choices))}", value)
+
+
+def _probability(key: str, value) -> None:
+    _check(key, 0.0 <= value < 1.0, "a probability in [0, 1)", value)
+
+
+# ---------------------------------------------------------------- model
+@dataclass
+class ModelConf:
+    """Keys shared by every recurrent layer (those of torch.nn.LSTM)."""
+
+    _target_: str = "lstmlab.models.HandLSTM"
+    hidden_size: int = 16
+    num_layers: int = 1
+    bias: bool = True
+    batch_first: bool = True
+    dropout: float = 0.0
+    bidirectional: bool = False
+
+    def __post_init__(self) -> None:
+        _at_least("model.hidden_size", self.hidden_size, 1)
+        _at_least("model.num_layers", self.num_layers, 1)
+        _probability("model.dropout", self.dropout)
+
+
+@dataclass
+class HandLSTMConf(ModelConf):
+    _target_: str = "lstmlab.models.HandLSTM"
+    backward: str = "autograd"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _one_of("model.backward", self.backward, ("autograd", "manual"))
+
+
+@dataclass
+class TorchLSTMConf(ModelConf):
+    _target_: str = "torch.nn.LSTM"
+
+
+# ---------------------------------------------------------------- task
+@dataclass
+class AdderConf:
+    _target_: str = "lstmlab.tasks.adder.AdderTask"
+    encoding: str = "serial"
+    train_size: int = 80_000
+    test_size: int = 20_000
+    eval_bits: List[int] = field(default_factory=lambda: [16, 32])
+    eval_size: int = 10_000
+    loss: str = "bce"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _one_of("task.encoding", self.encoding, ("serial", "parallel", "flat"))
+        _at_least("task.train_size", self.train_size, 1)
+        _at_least("task.test_size", self.test_size, 1)
+        _at_least("task.eval_size", self.eval_size, 1)
+        for bits in self.eval_bits:
+            _at_least("task.eval_bits", bits, 2)
+        _one_of("task.loss", self.loss, ("bce", "mse"))
+
+
+# ---------------------------------------------------------------- trainer
+@dataclass
+class OptimizerConf:
+    _target_: str = "torch.optim.Adam"
+    _partial_: bool = True
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+
+
+@dataclass
+class TrainerConf:
+    _target_: str = "lstmlab.trainer.Trainer"
+    device: str = "auto"
+    max_epochs: int = 20
+    batch_size: int = 64
+    shuffle: bool = True
+    optimizer: OptimizerConf = field(default_factory=OptimizerConf)
+    grad_clip: float = 0.0
+    monitor: Optional[str] = None
+    mode: Optional[str] = None
+    target_metric: Optional[float] = None
+    target_loss: Optional[float] = None
+    num_threads: int = 0
+    log_every: int = 1
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        _at_least("trainer.max_epochs", self.max_epochs, 1)
+        _at_least("trainer.batch_size", self.batch_size, 1)
+        _check("trainer.optimizer.lr", self.optimizer.lr > 0, "a learning rate > 0", self.optimizer.lr)
+        _at_least("trainer.optimizer.weight_decay", self.optimizer.weight_decay, 0)
+        _at_least("trainer.grad_clip", self.grad_clip, 0)
+        _at_least("trainer.num_threads", self.num_threads, 0)
+        _at_least("trainer.log_every", self.log_every, 1)
+        if self.mode is not None:
+            _one_of("trainer.mode", self.mode, ("max", "min"))
+
+
+SCHEMAS = {
+    "model": {"hand_lstm": HandLSTMConf, "torch_lstm": TorchLSTMConf},
+    "task": {"adder": AdderConf},
+    "trainer": {"default": TrainerConf},
+}
+
+
+def register_configs() -> None:
+    """Stores each schema as ``schema/<group>/<name>``; the YAML options extend them."""
+    store = ConfigStore.instance()
+    for group, schemas in SCHEMAS.items():
+        for name, node in schemas.items():
+            store.store(group=f"schema/{group}", name=name, node=node)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Range checks of every group (raises LabError naming the key and what was expected)."""
+    for group in SCHEMAS:
+        OmegaConf.to_object(cfg[group])
