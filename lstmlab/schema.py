@@ -139,7 +139,7 @@ def register_configs() -> None:
     store = ConfigStore.instance()
     for group, schemas in SCHEMAS.items():
         for name, node in schemas.items():
-            store.store(group=f"schema/{group}", name=name, node=node)
+            store.store(name=f"{group}_{name}_schema", node=node)
 
 
 def validate(cfg: DictConfig) -> None:
