@@ -141,14 +141,14 @@ class _Stopped:
         if kept is None:
             _say(f"interrupted ({name}) before the first epoch finished; nothing to resume from")
         else:
-            _say(f"interrupted ({name}); kept epoch {self.recorder.checkpoint_epoch} in {kept}. "
+            _say(f"interrupted ({name}); kept epoch {self.recorder.checkpoint_epoch} in {_shown(kept)}. "
                  f"To resume: {self._resume_command(kept)}")
         exc.reported = True
 
     def diverged(self, exc: Diverged) -> dict:
         summary = self._write("diverged")
         kept = self._checkpoint()
-        where = f"last good checkpoint (epoch {self.recorder.checkpoint_epoch}): {kept}" if kept else "no epoch finished"
+        where = f"last good checkpoint (epoch {self.recorder.checkpoint_epoch}): {_shown(kept)}" if kept else "no epoch finished"
         _say(f"{exc}; {where}")
         _DIVERGED.append(self.recorder.run_dir)
         return summary
@@ -157,8 +157,17 @@ class _Stopped:
         run_dir = self.recorder.run_dir
         source = run_dir if kept == run_dir / checkpoint.LAST_FILE else kept
         args = [o for o in self.overrides if not o.startswith(("trainer.resume=", "+trainer.resume="))]
-        args += [f"trainer.resume={source}", f"hydra.run.dir={run_dir}"]
+        args += [f"trainer.resume={_shown(source)}", f"hydra.run.dir={_shown(run_dir)}"]
         return " ".join(["lstmlab", *map(shlex.quote, args)])
+
+
+def _shown(path: Path) -> str:
+    """A path relative to the working directory when it lies inside it (as users type them)."""
+    path = Path(path).absolute()
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def _say(message: str) -> None:

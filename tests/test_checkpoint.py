@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import torch
 
-from lstmlab import checkpoint
+from lstmlab import checkpoint, cli
 from lstmlab.errors import LabError
 
 LSTMLAB = Path(sys.executable).parent / "lstmlab"
@@ -79,6 +79,23 @@ def resume_command(stderr: str) -> list[str]:
     """The arguments of the 'To resume: lstmlab ...' command the interrupted run printed."""
     command = stderr.strip().splitlines()[-1].split("To resume: ", 1)[1]
     return shlex.split(command)[1:]
+
+
+@pytest.fixture
+def in_process(monkeypatch, capfd):
+    """Runs ``lstmlab.cli.main`` in this process (no start-up cost); returns (exit code, stderr)."""
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")  # restored afterwards (main() sets it to 1)
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+
+    def call(*args: str) -> tuple[int, str]:
+        monkeypatch.setattr(sys, "argv", ["lstmlab", *args])
+        with pytest.raises(SystemExit) as exited:
+            cli.main()
+        return exited.value.code, capfd.readouterr().err
+
+    yield call
+    for signum, handler in handlers.items():
+        signal.signal(signum, handler)
 
 
 @pytest.fixture(scope="module")
@@ -148,23 +165,24 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(terminated,
     assert metrics(run_dir)["epoch"].tolist() == list(range(1, before.state.epoch + 1))
 
 
-def test_resume_refuses_a_checkpoint_of_another_model_shape(terminated, tmp_path):
-    refused = lstmlab(*TINY, "task.loss=mse", "model.hidden_size=9", MANY_EPOCHS,
-                      f"trainer.resume={terminated[0]}", f"hydra.run.dir={tmp_path}")
-    assert refused.returncode == 2
-    lines = refused.stderr.strip().splitlines()
+def test_resume_refuses_a_checkpoint_of_another_model_shape(terminated, tmp_path, in_process):
+    code, stderr = in_process(*TINY, "task.loss=mse", "model.hidden_size=9", MANY_EPOCHS,
+                              f"trainer.resume={terminated[0]}", f"hydra.run.dir={tmp_path}")
+    assert code == 2
+    lines = stderr.strip().splitlines()
     assert len(lines) == 1
     assert "model.hidden_size: 8 in the checkpoint, 9 now" in lines[0]
     assert "task.loss" not in lines[0]  # only the keys that differ
     assert not (tmp_path / "result.csv").exists()
 
 
-def test_resume_needs_epochs_left_to_train(terminated, tmp_path):
+def test_resume_needs_epochs_left_to_train(terminated, tmp_path, in_process):
     done = checkpoint.load(terminated[0] / "last.pt").state.epoch
-    refused = lstmlab(*TINY, "task.loss=mse", f"trainer.max_epochs={done}", f"trainer.resume={terminated[0]}",
-                      f"hydra.run.dir={tmp_path}")
-    assert refused.returncode == 2
-    assert refused.stderr.startswith(f"lstmlab: error: trainer.max_epochs={done}: ")
+    code, stderr = in_process(*TINY, "task.loss=mse", f"trainer.max_epochs={done}", f"trainer.resume={terminated[0]}",
+                              f"hydra.run.dir={tmp_path}")
+    assert code == 2
+    assert stderr.startswith(f"lstmlab: error: trainer.max_epochs={done}: ")
+    assert not (tmp_path / "result.csv").exists()
 
 
 def test_best_pt_holds_the_best_epoch(terminated):
