@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import random
+import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -16,10 +18,12 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from . import checkpoint, interrupts
 from .errors import LabError, one_line
 from .models import SequenceModel
 from .results import RunRecorder
 from .schema import register_configs, validate
+from .trainer import Diverged
 
 log = logging.getLogger("lstmlab")
 
@@ -40,33 +44,137 @@ def build(node: DictConfig, **kwargs):
         raise
 
 
-def run(cfg: DictConfig, run_dir: Path) -> dict:
-    """Trains cfg.model on cfg.task and writes metrics.csv, model.pt and result.csv."""
+def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> dict:
+    """Trains cfg.model on cfg.task and writes metrics.csv, checkpoints, model.pt and result.csv.
+
+    ``trainer.resume`` goes on from a checkpoint. On Ctrl-C or SIGTERM the finished epochs are
+    kept, result.csv says ``status=interrupted`` and the interrupt is raised again; a NaN or
+    infinite loss ends the run with ``status=diverged``. ``overrides`` (the command line's)
+    only serve to print the command that resumes the run.
+    """
     validate(cfg)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    resumed = checkpoint.load_for_resume(cfg.trainer.resume, config) if cfg.trainer.resume else None
     seed_everything(cfg.seed)
-    trainer = build(cfg.trainer, seed=cfg.seed)
+    trainer = build(_trainer_options(config), seed=cfg.seed)
+    if resumed and resumed.state.epoch >= trainer.max_epochs:
+        raise LabError(f"trainer.max_epochs={trainer.max_epochs}: the checkpoint {resumed.path} has already done "
+                       f"{resumed.state.epoch} epochs; raise trainer.max_epochs to train on")
     task = build(cfg.task)
     rnn = build(cfg.model, input_size=task.input_size)
     net = SequenceModel(rnn, **task.network_options())
     params = sum(p.numel() for p in net.parameters())
     log.info("task %s | model %s | %d parameters | device %s", type(task).__name__, rnn, params, trainer.device)
 
-    recorder = RunRecorder(run_dir)
-    fit = trainer.fit(net, task, on_epoch=recorder.add_epoch)
-    recorder.save_model(net.state_dict())
-    final = {k: v for k, v in fit.metrics.items() if k not in ("epoch", "step", "seconds")}
-    summary = final | {
-        "epochs": fit.epochs,
-        "stop_reason": fit.stop_reason,
-        "params": params,
-        "train_seconds": round(fit.train_seconds, 3),
-        "device": str(trainer.device),
-        "status": "finished",
-    }
-    recorder.write_result(OmegaConf.to_container(cfg, resolve=True), summary)
+    recorder = RunRecorder(run_dir, config=config, history=resumed.history if resumed else (),
+                           monitor=trainer.monitor or task.monitor)
+    if resumed:
+        recorder.clear_result()
+        log.info("resuming from %s after epoch %d", resumed.path, resumed.state.epoch)
+    stopped = _Stopped(recorder, config, params, str(trainer.device), resumed, overrides or [])
+    try:
+        fit = trainer.fit(net, task, start=resumed.state if resumed else None,
+                          on_checkpoint=lambda state: _end_epoch(recorder, state))
+    except KeyboardInterrupt as exc:
+        with interrupts.deferred():
+            stopped.interrupted(exc)
+        raise
+    except Diverged as exc:
+        with interrupts.deferred():
+            return stopped.diverged(exc)
+    with interrupts.deferred():
+        recorder.save_model(net.state_dict())
+        final = _final_metrics(fit.metrics)
+        summary = final | _run_columns(fit.epochs, fit.stop_reason, params, fit.train_seconds, str(trainer.device),
+                                       "finished")
+        recorder.write_result(config, summary)
     print(" | ".join(f"{k} {_fmt(v)}" for k, v in final.items()))
     print(f"results in {run_dir}")
     return summary
+
+
+def _trainer_options(config: dict) -> dict:
+    """The trainer's keys less ``resume`` (read here, not by the Trainer)."""
+    return {k: v for k, v in config["trainer"].items() if k != "resume"}
+
+
+def _end_epoch(recorder: RunRecorder, state) -> None:
+    with interrupts.deferred():  # a signal now waits until the epoch is fully saved
+        recorder.end_epoch(state)
+
+
+def _final_metrics(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k not in ("epoch", "step", "seconds")}
+
+
+def _run_columns(epochs, stop_reason, params, train_seconds, device, status) -> dict:
+    return {"epochs": epochs, "stop_reason": stop_reason, "params": params,
+            "train_seconds": round(train_seconds, 3), "device": device, "status": status}
+
+
+class _Stopped:
+    """Writes result.csv and says what happened when a run stops before it finishes."""
+
+    def __init__(self, recorder, config, params, device, resumed, overrides) -> None:
+        self.recorder, self.config, self.params, self.device = recorder, config, params, device
+        self.resumed, self.overrides = resumed, overrides
+
+    def _write(self, status: str) -> dict:
+        rows = self.recorder.rows
+        last = rows[-1] if rows else {}
+        summary = _final_metrics(last) | _run_columns(last.get("epoch", 0), status, self.params,
+                                                      last.get("seconds", 0.0), self.device, status)
+        self.recorder.write_result(self.config, summary)
+        return summary
+
+    def _checkpoint(self) -> Path | None:
+        """The checkpoint of the last finished epoch: this run's last.pt, or the one it resumed from."""
+        if self.recorder.saved_checkpoint is not None:
+            return self.recorder.saved_checkpoint
+        return self.resumed.path if self.resumed else None
+
+    def interrupted(self, exc: KeyboardInterrupt) -> None:
+        self._write("interrupted")
+        name = getattr(exc, "signum", None)
+        name = signal.Signals(name).name if name else "SIGINT"
+        kept = self._checkpoint()
+        if kept is None:
+            _say(f"interrupted ({name}) before the first epoch finished; nothing to resume from")
+        else:
+            _say(f"interrupted ({name}); kept epoch {self.recorder.checkpoint_epoch} in {_shown(kept)}. "
+                 f"To resume: {self._resume_command(kept)}")
+        exc.reported = True
+
+    def diverged(self, exc: Diverged) -> dict:
+        summary = self._write("diverged")
+        kept = self._checkpoint()
+        where = f"last good checkpoint (epoch {self.recorder.checkpoint_epoch}): {_shown(kept)}" if kept else "no epoch finished"
+        _say(f"{exc}; {where}")
+        _DIVERGED.append(self.recorder.run_dir)
+        return summary
+
+    def _resume_command(self, kept: Path) -> str:
+        run_dir = self.recorder.run_dir
+        source = run_dir if kept == run_dir / checkpoint.LAST_FILE else kept
+        args = [o for o in self.overrides if not o.startswith(("trainer.resume=", "+trainer.resume="))]
+        args += [f"trainer.resume={_shown(source)}", f"hydra.run.dir={_shown(run_dir)}"]
+        return " ".join(["lstmlab", *map(shlex.quote, args)])
+
+
+def _shown(path: Path) -> str:
+    """A path relative to the working directory when it lies inside it (as users type them)."""
+    path = Path(path).absolute()
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _say(message: str) -> None:
+    print(f"lstmlab: {message}", file=sys.stderr, flush=True)
+
+
+_DIVERGED: list[Path] = []  # run directories whose training diverged (main() exits 1)
 
 
 def _fmt(value) -> str:
@@ -75,42 +183,63 @@ def _fmt(value) -> str:
 
 @hydra.main(version_base="1.3", config_path="pkg://lstmlab.conf", config_name="config")
 def app(cfg: DictConfig) -> float | None:
-    """One job: returns the monitored metric, the objective a sweeper optimises."""
+    hydra_cfg = HydraConfig.get()
     try:
-        summary = run(cfg, Path(HydraConfig.get().runtime.output_dir))
-    except LabError as exc:
-        exit_with_one_line(exc)  # here, not in main(): Hydra would first log the job's failure
+        summary = run(cfg, Path(hydra_cfg.runtime.output_dir), overrides=list(hydra_cfg.overrides.task))
+    except Exception as exc:
+        if _is_bad_input(exc) and not _FULL_TRACE:
+            raise _BadInput(exc) from exc  # past Hydra's job runner, which would print its own line
+        raise
     monitor = cfg.trainer.monitor
     return summary.get(monitor) if monitor else None
 
 
-_SHOW_TRACEBACKS = os.environ.get("HYDRA_FULL_ERROR") == "1"
+class _BadInput(BaseException):
+    """Carries a bad-input error from a job to main() without Hydra's "Error executing job" line."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
-def exit_with_one_line(exc: BaseException) -> None:
-    """Bad input: one line on stderr and exit code 2; the full trace with HYDRA_FULL_ERROR=1."""
-    if _SHOW_TRACEBACKS:
-        raise exc
-    print(f"lstmlab: error: {one_line(exc)}", file=sys.stderr)
-    sys.exit(2)
+_FULL_TRACE = False  # HYDRA_FULL_ERROR=1 was set by the user: let every error raise with its traceback
 
 
 def main() -> None:
-    """Console entry point: Hydra's app, with bad input reported in one line (exit 2)."""
+    """Console entry point: Hydra's app, with bad input reported in one line (exit 2).
+
+    Exit codes: 0 finished, 1 a run diverged, 2 bad input, 130 / 143 interrupted by SIGINT / SIGTERM.
+    """
     register_configs()
-    os.environ["HYDRA_FULL_ERROR"] = "1"  # let Hydra's own errors reach us, to print in one line
+    interrupts.install()
+    _DIVERGED.clear()
+    global _FULL_TRACE
+    _FULL_TRACE = full_trace = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us; we print them in one line
     try:
         app()
+    except _BadInput as exc:
+        print(f"lstmlab: error: {one_line(exc.error)}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt as exc:
+        if not getattr(exc, "reported", False):
+            _say("interrupted before training started")
+        sys.exit(interrupts.exit_code(exc))
     except Exception as exc:  # noqa: BLE001 - the one place that turns errors into a message
-        if not _is_bad_input(exc):
+        if full_trace or not _is_bad_input(exc):
             raise
-        exit_with_one_line(exc)
+        print(f"lstmlab: error: {one_line(exc)}", file=sys.stderr)
+        sys.exit(2)
+    if _DIVERGED:
+        sys.exit(1)
 
 
 def _is_bad_input(exc: BaseException) -> bool:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    if isinstance(exc, OSError) and exc.filename:  # e.g. a run directory that cannot be written
+        return True
     return isinstance(exc, (LabError, HydraException, OmegaConfBaseException))
 
 

@@ -12,16 +12,18 @@ class LabError(Exception):
 def one_line(exc: BaseException) -> str:
     """A one-line description of a Hydra, OmegaConf or lstmlab error."""
     from hydra.errors import InstantiationException, MissingConfigException
-    from omegaconf.errors import OmegaConfBaseException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
     if isinstance(exc, MissingConfigException):
         return _missing_option(exc)
+    if isinstance(exc, OSError) and exc.filename:
+        return f"{exc.filename}: {exc.strerror or _first_line(exc)}"
     cause = exc.__cause__ if exc.__cause__ is not None else exc
     if isinstance(exc, InstantiationException) and isinstance(cause, (ValueError, TypeError, LabError)):
         return _first_line(cause)
     if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
         message = _first_line(cause)
-        if message.startswith("Key '") and "' not in '" in message:  # unknown key
+        if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and "not in" in message:
             message = f"no such key{_expected_keys(cause)}"
         return f"{cause.full_key}: {message}"
     return _first_line(exc)
@@ -35,7 +37,8 @@ def _first_line(exc: BaseException) -> str:
 def _missing_option(exc) -> str:
     """'In 'config': Could not find 'task/nope'' + the available options -> one line."""
     text = str(exc)
-    options = [line.strip() for line in text.splitlines() if line.startswith("\t")]
+    options = [line.strip() for line in text.splitlines()
+               if line.startswith("\t") and not line.strip().startswith(("provider=", "path="))]
     missing = getattr(exc, "missing_cfg_file", None) or ""
     group, _, option = missing.rpartition("/")
     if group and options:

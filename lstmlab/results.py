@@ -9,6 +9,9 @@ A run directory holds:
   ``params``, ``train_seconds``, ``device``, ``status``. It is written last: a run
   without it did not finish.
 - ``model.pt``: the trained state_dict (``torch.load(path, weights_only=True)``).
+- ``last.pt``: a checkpoint at the end of every epoch, to resume from (``trainer.resume``);
+  ``best.pt``: the same, from the epoch where the monitored metric was best so far.
+  Their format is defined in ``lstmlab/checkpoint.py``.
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ from typing import Any, Mapping
 
 import pandas as pd
 import torch
+
+from . import checkpoint
+from .checkpoint import TrainState
 
 METRICS_FILE = "metrics.csv"
 RESULT_FILE = "result.csv"
@@ -48,10 +54,14 @@ def atomic_write_csv(path: Path, frame: pd.DataFrame) -> None:
     atomic_write_bytes(path, frame.to_csv(index=False).encode())
 
 
-def atomic_torch_save(path: Path, obj: Any) -> None:
+def torch_bytes(obj: Any) -> bytes:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    return buffer.getvalue()
+
+
+def atomic_torch_save(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, torch_bytes(obj))
 
 
 def flatten_config(config: Mapping, prefix: str = "") -> dict[str, Any]:
@@ -71,10 +81,22 @@ def flatten_config(config: Mapping, prefix: str = "") -> dict[str, Any]:
 class RunRecorder:
     """Collects a run's per-epoch rows and final row, and writes them into ``run_dir``."""
 
-    def __init__(self, run_dir: Path | str, flush_seconds: float = 2.0) -> None:
+    def __init__(
+        self,
+        run_dir: Path | str,
+        flush_seconds: float = 2.0,
+        config: Mapping | None = None,
+        history: list[dict] | tuple = (),
+        monitor: str | None = None,
+    ) -> None:
+        """``history``: the rows of the epochs a resumed run has already done."""
         self.run_dir = Path(run_dir)
-        self.rows: list[dict] = []
+        self.rows: list[dict] = [dict(row) for row in history]
         self.flush_seconds = flush_seconds
+        self.config = dict(config or {})
+        self.monitor = monitor
+        self.checkpoint_epoch = self.rows[-1]["epoch"] if self.rows else 0
+        self.saved_checkpoint: Path | None = None  # this run's last.pt, once written
         self._last_flush = 0.0
 
     def add_epoch(self, row: dict) -> None:
@@ -87,6 +109,20 @@ class RunRecorder:
         if self.rows:
             atomic_write_csv(self.run_dir / METRICS_FILE, pd.DataFrame(self.rows))
         self._last_flush = time.monotonic()
+
+    def end_epoch(self, state: TrainState) -> None:
+        """Records the epoch's row and saves ``last.pt`` (and ``best.pt`` if it improved)."""
+        self.add_epoch(state.row)
+        data = torch_bytes(checkpoint.to_payload(state, self.config, self.rows, self.monitor))
+        atomic_write_bytes(self.run_dir / checkpoint.LAST_FILE, data)
+        if state.improved:
+            atomic_write_bytes(self.run_dir / checkpoint.BEST_FILE, data)
+        self.checkpoint_epoch = state.epoch
+        self.saved_checkpoint = self.run_dir / checkpoint.LAST_FILE
+
+    def clear_result(self) -> None:
+        """Removes a previous ``result.csv`` (a resumed run writes its own when it stops)."""
+        (self.run_dir / RESULT_FILE).unlink(missing_ok=True)
 
     def save_model(self, state_dict: Mapping[str, torch.Tensor]) -> Path:
         path = self.run_dir / MODEL_FILE

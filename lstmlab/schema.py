@@ -114,6 +114,8 @@ class TrainerConf:
     num_threads: int = 0
     log_every: int = 1
     progress: bool = True
+    resume: Optional[str] = None
+    detect_anomaly: bool = False
 
     def __post_init__(self) -> None:
         _at_least("trainer.max_epochs", self.max_epochs, 1)
@@ -135,7 +137,8 @@ SCHEMAS = {
 
 
 def register_configs() -> None:
-    """Stores each schema as ``schema/<group>/<name>``; the YAML options extend them."""
+    """Stores each schema as the plain config ``<group>_<name>_schema`` (kept out of --help's
+    group list); the YAML options extend it, e.g. ``defaults: [/model_hand_lstm_schema@_here_]``."""
     store = ConfigStore.instance()
     for group, schemas in SCHEMAS.items():
         for name, node in schemas.items():
@@ -146,3 +149,5 @@ def validate(cfg: DictConfig) -> None:
     """Range checks of every group (raises LabError naming the key and what was expected)."""
     for group in SCHEMAS:
         OmegaConf.to_object(cfg[group])
+    seed = cfg.get("seed")
+    _check("seed", isinstance(seed, int) and not isinstance(seed, bool), "an integer", seed)

@@ -13,12 +13,22 @@ from torch import nn
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from .checkpoint import TrainState
 from .errors import LabError
 from .tasks.base import Batch, Task
 
 log = logging.getLogger("lstmlab")
 
 EpochCallback = Callable[[dict], None]
+CheckpointCallback = Callable[[TrainState], None]
+
+
+class Diverged(Exception):
+    """The training loss became NaN or infinite; the weights of that step are not used."""
+
+    def __init__(self, epoch: int, step: int, detail: str) -> None:
+        super().__init__(f"training diverged at epoch {epoch}, step {step}: {detail}")
+        self.epoch, self.step = epoch, step
 
 
 def resolve_device(name: str) -> torch.device:
@@ -70,6 +80,7 @@ class Trainer:
         num_threads: int = 0,
         log_every: int = 1,
         progress: bool = True,
+        detect_anomaly: bool = False,
         seed: int = 0,
     ) -> None:
         self.make_optimizer = optimizer
@@ -85,9 +96,23 @@ class Trainer:
         self.target_loss = target_loss
         self.log_every = log_every
         self.progress = progress
+        self.detect_anomaly = detect_anomaly
         self.seed = seed
 
-    def fit(self, net: nn.Module, task: Task, on_epoch: EpochCallback | None = None) -> FitResult:
+    def fit(
+        self,
+        net: nn.Module,
+        task: Task,
+        on_epoch: EpochCallback | None = None,
+        start: TrainState | None = None,
+        on_checkpoint: CheckpointCallback | None = None,
+    ) -> FitResult:
+        """Trains ``net`` on ``task`` for up to ``max_epochs`` epochs.
+
+        ``on_epoch(row)`` gets each epoch's metrics row; ``on_checkpoint(state)`` gets the full
+        :class:`TrainState` at each epoch's end (to save it); ``start`` is such a state to go
+        on from, exactly where it stopped. A NaN or infinite loss raises :class:`Diverged`.
+        """
         monitor = self.monitor or task.monitor
         mode = self.mode or (task.monitor_mode if monitor == task.monitor else "min")
         if self.num_threads:
@@ -97,47 +122,65 @@ class Trainer:
         generator = torch.Generator().manual_seed(self.seed)
         steps_per_epoch = task.num_train_batches(self.batch_size)
         result = FitResult(epochs=0, stop_reason="max_epochs")
-        start, step = time.perf_counter(), 0
-        bar = tqdm(total=self.max_epochs * steps_per_epoch, desc="train", unit="step",
-                   disable=not self.progress, mininterval=0.5, dynamic_ncols=True)
-        with bar, logging_redirect_tqdm():
-            for epoch in range(1, self.max_epochs + 1):
-                train_loss, steps = self._train_epoch(net, task, optimizer, generator, bar)
-                step += steps
+        first, step, offset = 1, 0, 0.0
+        if start is not None:
+            start.restore(net, optimizer, generator)
+            first, step, offset = start.epoch + 1, start.step, start.seconds
+            result.epochs, result.metrics, result.best = start.epoch, dict(start.row), start.best
+        begin = time.perf_counter() - offset
+        bar = tqdm(total=self.max_epochs * steps_per_epoch, initial=(first - 1) * steps_per_epoch, desc="train",
+                   unit="step", disable=not self.progress, mininterval=0.5, dynamic_ncols=True)
+        with bar, logging_redirect_tqdm(), torch.autograd.set_detect_anomaly(self.detect_anomaly):
+            for epoch in range(first, self.max_epochs + 1):
+                train_loss, step = self._train_epoch(net, task, optimizer, generator, bar, epoch, step)
                 row = {"epoch": epoch, "step": step, "seconds": 0.0, "train_loss": train_loss}
                 row.update(self.evaluate(net, task))
-                row["seconds"] = round(time.perf_counter() - start, 4)
+                row["seconds"] = round(time.perf_counter() - begin, 4)
                 result.epochs, result.metrics = epoch, row
                 value = row.get(monitor)
-                if value is not None and (result.best is None or _better(value, result.best, mode)):
+                improved = value is not None and (result.best is None or _better(value, result.best, mode))
+                if improved:
                     result.best = value
                 if on_epoch:
                     on_epoch(row)
+                if on_checkpoint:
+                    on_checkpoint(TrainState.capture(net, optimizer, generator, epoch=epoch, step=step,
+                                                     seconds=row["seconds"], best=result.best,
+                                                     improved=improved, row=row))
                 reason = self._reached_target(row, monitor, mode)
                 if epoch % self.log_every == 0 or reason or epoch == self.max_epochs:
                     log.info(_describe(row))
                 if reason:
                     result.stop_reason = reason
                     break
-        result.train_seconds = time.perf_counter() - start
+        result.train_seconds = time.perf_counter() - begin
         return result
 
-    def _train_epoch(self, net, task, optimizer, generator, bar) -> tuple[float, int]:
+    def _train_epoch(self, net, task, optimizer, generator, bar, epoch: int, step: int) -> tuple[float, int]:
+        """One pass over the training data; returns the mean loss and the global step reached."""
         net.train()
         total, steps = 0.0, 0
         for batch in task.train_batches(self.batch_size, self.shuffle, generator):
             inputs, lengths = self._to_device(batch)
             loss = task.loss(net(inputs, lengths), Batch(inputs, batch.targets.to(self.device), lengths))
+            value = loss.item()
+            if not math.isfinite(value):
+                raise Diverged(epoch, step + steps + 1, f"loss is {value}")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            try:
+                loss.backward()
+            except RuntimeError as exc:  # trainer.detect_anomaly: a NaN appeared in the backward pass
+                if self.detect_anomaly and "nan" in str(exc).lower():
+                    raise Diverged(epoch, step + steps + 1, str(exc).strip().splitlines()[0]) from exc
+                raise
             if self.grad_clip:
                 nn.utils.clip_grad_norm_(net.parameters(), self.grad_clip)
             optimizer.step()
-            total += loss.item()
+            total += value
             steps += 1
             bar.update(1)
             bar.set_postfix(loss=f"{total / steps:.4g}", refresh=False)
-        return total / max(steps, 1), steps
+        return total / max(steps, 1), step + steps
 
     def _to_device(self, batch: Batch):
         lengths = None if batch.lengths is None else batch.lengths.to(self.device)

@@ -40,32 +40,3 @@ def test_help_lists_config_groups_and_cfg_prints_resolved_config(tmp_path):
         assert group in help_text
     cfg = run_lab("--cfg", "job", "model.hidden_size=64", cwd=tmp_path)
     assert cfg.returncode == 0 and "hidden_size: 64" in cfg.stdout
-
-
-@pytest.mark.parametrize(
-    "override, message",
-    [
-        ("task=nope", "task=nope: no such option; expected one of: adder"),
-        ("model.hidn=3", "model.hidn: no such key; expected one of: hidden_size"),
-        ("model.hidden_size=abc", "model.hidden_size: Value 'abc' of type 'str' could not be converted to Integer"),
-        ("model.hidden_size=0", "model.hidden_size=0: expected a number >= 1"),
-        ("trainer.optimizer.lr=-0.1", "trainer.optimizer.lr=-0.1: expected a learning rate > 0"),
-        ("task.encoding=zigzag", "task.encoding=zigzag: expected one of serial, parallel, flat"),
-        ("model.dropout=1.5", "model.dropout=1.5: expected a probability in [0, 1)"),
-        pytest.param("trainer.device=cuda", "trainer.device=cuda: no CUDA GPU is available",
-                     marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")),
-    ],
-)
-def test_bad_input_gives_one_line_nonzero_exit_and_no_result(lab, override, message):
-    proc = lab(*TINY_ADDER, override)
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert lines == [f"lstmlab: error: {lines[0].removeprefix('lstmlab: error: ')}"]  # exactly one line
-    assert message in lines[0]
-    assert not (lab.run_dir / "result.csv").exists()
-    assert "Traceback" not in proc.stderr
-
-
-def test_full_error_env_shows_the_traceback(lab):
-    proc = lab(*TINY_ADDER, "model.hidden_size=0", env={"HYDRA_FULL_ERROR": "1"})
-    assert proc.returncode != 0 and "Traceback" in proc.stderr

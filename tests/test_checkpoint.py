@@ -1,0 +1,230 @@
+"""Checkpoints: format, exact resume after a real SIGINT / SIGTERM, refusal of a mismatch, NaN guard."""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from lstmlab import checkpoint, cli
+from lstmlab.errors import LabError
+
+LSTMLAB = Path(sys.executable).parent / "lstmlab"
+STEPS_PER_EPOCH = 32  # 2000 pairs in batches of 64
+# the serial adder, tiny and single-threaded, so that two runs on the CPU agree bit for bit
+TINY = ["task.train_size=2000", "task.test_size=200", "task.eval_bits=[16]", "task.eval_size=200",
+        "model.hidden_size=8", "trainer.num_threads=1", "trainer.device=cpu", "trainer.target_metric=null",
+        "trainer.progress=false", "seed=1"]
+MANY_EPOCHS = "trainer.max_epochs=500"  # a run that is still training when the signal comes
+
+
+def _env() -> dict:
+    return {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+
+
+def lstmlab(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(LSTMLAB), *args], capture_output=True, text=True, env=_env(), timeout=600)
+
+
+def interrupted_run(run_dir: Path, signum: int, *args: str) -> subprocess.CompletedProcess:
+    """Starts a long run, sends ``signum`` once its first epoch's last.pt exists, waits for the exit."""
+    proc = subprocess.Popen([str(LSTMLAB), *TINY, MANY_EPOCHS, *args, f"hydra.run.dir={run_dir}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    try:
+        wait_for_file(run_dir / checkpoint.LAST_FILE, proc, timeout=300)
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def wait_for_file(path: Path, proc: subprocess.Popen, timeout: float) -> None:
+    """Polls for ``path``, waiting on the process between polls; fails if it exits or time runs out."""
+    for _ in range(int(timeout / 0.05)):
+        if path.exists():
+            return
+        try:
+            proc.wait(timeout=0.05)
+        except subprocess.TimeoutExpired:
+            continue
+        pytest.fail(f"lstmlab exited ({proc.returncode}) before writing {path.name}: {proc.stderr.read()}")
+    pytest.fail(f"no {path} after {timeout} s")
+
+
+def metrics(run_dir: Path) -> pd.DataFrame:
+    """metrics.csv without its wall-clock column."""
+    return pd.read_csv(run_dir / "metrics.csv").drop(columns="seconds")
+
+
+def result(run_dir: Path) -> dict:
+    return pd.read_csv(run_dir / "result.csv").iloc[0].to_dict()
+
+
+def resume_command(stderr: str) -> list[str]:
+    """The arguments of the 'To resume: lstmlab ...' command the interrupted run printed."""
+    command = stderr.strip().splitlines()[-1].split("To resume: ", 1)[1]
+    return shlex.split(command)[1:]
+
+
+@pytest.fixture
+def in_process(monkeypatch, capfd):
+    """Runs ``lstmlab.cli.main`` in this process (no start-up cost); returns (exit code, stderr)."""
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")  # restored afterwards (main() sets it to 1)
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+
+    def call(*args: str) -> tuple[int, str]:
+        monkeypatch.setattr(sys, "argv", ["lstmlab", *args])
+        with pytest.raises(SystemExit) as exited:
+            cli.main()
+        return exited.value.code, capfd.readouterr().err
+
+    yield call
+    for signum, handler in handlers.items():
+        signal.signal(signum, handler)
+
+
+@pytest.fixture(scope="module")
+def terminated(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """A run stopped by SIGTERM after its first epoch (shared; tests copy it before changing it)."""
+    run_dir = tmp_path_factory.mktemp("terminated") / "run"
+    return run_dir, interrupted_run(run_dir, signal.SIGTERM, "task.loss=mse")
+
+
+# ---------------------------------------------------------------- the real thing, end to end
+def test_sigint_then_resume_equals_an_uninterrupted_run(tmp_path):
+    run_dir = tmp_path / "run"
+    stopped = interrupted_run(run_dir, signal.SIGINT)
+    assert stopped.returncode == 130, stopped.stderr
+    done = checkpoint.load(run_dir / "last.pt").state.epoch
+    assert done >= 1
+    assert metrics(run_dir)["epoch"].tolist() == list(range(1, done + 1))  # the partial epoch is dropped
+    assert result(run_dir)["status"] == "interrupted" and result(run_dir)["epochs"] == done
+    assert not (run_dir / "model.pt").exists()
+
+    total = done + 2
+    args = [a for a in resume_command(stopped.stderr) if not a.startswith("trainer.max_epochs=")]
+    resumed = lstmlab(*args, f"trainer.max_epochs={total}")
+    assert resumed.returncode == 0, resumed.stderr
+    reference = lstmlab(*TINY, f"trainer.max_epochs={total}", f"hydra.run.dir={tmp_path / 'reference'}")
+    assert reference.returncode == 0, reference.stderr
+
+    pd.testing.assert_frame_equal(metrics(run_dir), metrics(tmp_path / "reference"), check_exact=True)
+    ours, theirs = result(run_dir), result(tmp_path / "reference")
+    for column in ("train_loss", "test_loss", "test_acc", "exhaustive_acc", "acc_16bit", "epochs", "status"):
+        assert ours[column] == theirs[column], column
+    weights = torch.load(run_dir / "model.pt", weights_only=True)
+    expected = torch.load(tmp_path / "reference" / "model.pt", weights_only=True)
+    assert weights.keys() == expected.keys()
+    assert all(torch.equal(weights[k], expected[k]) for k in expected)
+
+
+def test_sigterm_keeps_the_last_finished_epoch_and_says_how_to_resume(terminated):
+    run_dir, stopped = terminated
+    assert stopped.returncode == 143
+    lines = stopped.stderr.strip().splitlines()
+    assert len(lines) == 1 and "interrupted (SIGTERM)" in lines[0], stopped.stderr
+    assert f"trainer.resume={run_dir} hydra.run.dir={run_dir}" in lines[0]
+    assert "task.loss=mse" in resume_command(stopped.stderr)
+    done = checkpoint.load(run_dir / "last.pt").state.epoch
+    assert metrics(run_dir)["epoch"].tolist() == list(range(1, done + 1))
+    assert result(run_dir)["status"] == "interrupted"
+    assert "Traceback" not in stopped.stderr
+
+
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(terminated, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(terminated[0], run_dir)
+    before = checkpoint.load(run_dir / "last.pt")
+    # Adam at lr 1e30 makes the MSE overflow on the next step
+    diverged = lstmlab(*TINY, "task.loss=mse", "trainer.optimizer.lr=1e30", f"trainer.max_epochs={before.state.epoch + 3}",
+                       f"trainer.resume={run_dir}", f"hydra.run.dir={run_dir}")
+    assert diverged.returncode == 1, diverged.stderr
+    lines = diverged.stderr.strip().splitlines()
+    assert len(lines) == 1, diverged.stderr
+    assert re.search(rf"diverged at epoch {before.state.epoch + 1}, step \d+: loss is (inf|nan)", lines[0])
+    assert f"{run_dir / 'last.pt'}" in lines[0]
+    after = checkpoint.load(run_dir / "last.pt")
+    assert after.state.epoch == before.state.epoch
+    assert all(torch.equal(after.state.model[k], before.state.model[k]) for k in before.state.model)
+    assert result(run_dir)["status"] == "diverged"
+    assert metrics(run_dir)["epoch"].tolist() == list(range(1, before.state.epoch + 1))
+
+
+def test_resume_refuses_a_checkpoint_of_another_model_shape(terminated, tmp_path, in_process):
+    code, stderr = in_process(*TINY, "task.loss=mse", "model.hidden_size=9", MANY_EPOCHS,
+                              f"trainer.resume={terminated[0]}", f"hydra.run.dir={tmp_path}")
+    assert code == 2
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "model.hidden_size: 8 in the checkpoint, 9 now" in lines[0]
+    assert "task.loss" not in lines[0]  # only the keys that differ
+    assert not (tmp_path / "result.csv").exists()
+
+
+def test_resume_needs_epochs_left_to_train(terminated, tmp_path, in_process):
+    done = checkpoint.load(terminated[0] / "last.pt").state.epoch
+    code, stderr = in_process(*TINY, "task.loss=mse", f"trainer.max_epochs={done}", f"trainer.resume={terminated[0]}",
+                              f"hydra.run.dir={tmp_path}")
+    assert code == 2
+    assert stderr.startswith(f"lstmlab: error: trainer.max_epochs={done}: ")
+    assert not (tmp_path / "result.csv").exists()
+
+
+def test_best_pt_holds_the_best_epoch(terminated):
+    run_dir = terminated[0]
+    best = checkpoint.load(run_dir / "best.pt")
+    rows = pd.read_csv(run_dir / "metrics.csv")
+    assert best.monitor == "exhaustive_acc"
+    assert best.state.best == rows["exhaustive_acc"].max()
+    assert best.history[-1]["exhaustive_acc"] == best.state.best
+    assert checkpoint.load_weights(run_dir / "best.pt").keys() == best.state.model.keys()
+
+
+# ---------------------------------------------------------------- the format
+def test_rng_states_survive_a_weights_only_round_trip():
+    data_order = torch.Generator().manual_seed(3)
+    saved = checkpoint.capture_rng(data_order)
+    buffer = io.BytesIO()
+    torch.save(saved, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=True)
+
+    def draw():
+        return (torch.rand(3).tolist(), random.random(), np.random.rand(3).tolist(), np.random.randn(),
+                torch.randperm(10, generator=data_order).tolist())
+
+    first = draw()
+    checkpoint.restore_rng(loaded, data_order)
+    assert draw() == first
+
+
+def test_config_differences_name_only_shape_and_task_keys():
+    saved = {"seed": 0, "model": {"hidden_size": 8}, "task": {"bits": 8}, "trainer": {"max_epochs": 5}}
+    grown = {**saved, "trainer": {"max_epochs": 50}}
+    assert checkpoint.config_differences(saved, grown) == []
+    other = {**saved, "model": {"hidden_size": 16}, "task": {"bits": 8, "extra": 1}}
+    assert checkpoint.config_differences(saved, other) == [
+        "model.hidden_size: 8 in the checkpoint, 16 now", "task.extra: <absent> in the checkpoint, 1 now"]
+
+
+def test_load_weights_reads_model_pt_and_refuses_other_files(tmp_path):
+    torch.save({"head.weight": torch.ones(2)}, tmp_path / "model.pt")
+    assert torch.equal(checkpoint.load_weights(tmp_path / "model.pt")["head.weight"], torch.ones(2))
+    torch.save({"steps": [1, 2]}, tmp_path / "other.pt")
+    with pytest.raises(LabError, match="other.pt: not a model state_dict"):
+        checkpoint.load_weights(tmp_path / "other.pt")
