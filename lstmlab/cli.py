@@ -54,6 +54,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     recorder = RunRecorder(run_dir)
     fit = trainer.fit(net, task, on_epoch=recorder.add_epoch)
     recorder.save_model(net.state_dict())
+    recorder.flush_metrics()
+    write_plots(run_dir, task, trainer.predictor(net))
     final = {k: v for k, v in fit.metrics.items() if k not in ("epoch", "step", "seconds")}
     summary = final | {
         "epochs": fit.epochs,
@@ -65,8 +67,20 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     }
     recorder.write_result(OmegaConf.to_container(cfg, resolve=True), summary)
     print(" | ".join(f"{k} {_fmt(v)}" for k, v in final.items()))
+    print(f"stopped after {fit.epochs} epochs ({fit.stop_reason})")
     print(f"results in {run_dir}")
     return summary
+
+
+def write_plots(run_dir: Path, task, predict) -> None:
+    """curves.png and the task's figures; a plotting failure is logged and does not fail the run."""
+    from . import plots  # matplotlib is imported only once a run has trained
+
+    try:
+        plots.write_curves(run_dir)
+        plots.write_figures(run_dir, task.figures(predict))
+    except Exception:  # noqa: BLE001 - the trained model and metrics are already written
+        log.exception("could not draw the plots of %s", run_dir)
 
 
 def _fmt(value) -> str:
