@@ -89,23 +89,36 @@ def _fmt(value) -> str:
 
 @hydra.main(version_base="1.3", config_path="pkg://lstmlab.conf", config_name="config")
 def app(cfg: DictConfig) -> float | None:
-    summary = run(cfg, Path(HydraConfig.get().runtime.output_dir))
+    """One job: returns the monitored metric, the objective a sweeper optimises."""
+    try:
+        summary = run(cfg, Path(HydraConfig.get().runtime.output_dir))
+    except LabError as exc:
+        exit_with_one_line(exc)  # here, not in main(): Hydra would first log the job's failure
     monitor = cfg.trainer.monitor
     return summary.get(monitor) if monitor else None
+
+
+_SHOW_TRACEBACKS = os.environ.get("HYDRA_FULL_ERROR") == "1"
+
+
+def exit_with_one_line(exc: BaseException) -> None:
+    """Bad input: one line on stderr and exit code 2; the full trace with HYDRA_FULL_ERROR=1."""
+    if _SHOW_TRACEBACKS:
+        raise exc
+    print(f"lstmlab: error: {one_line(exc)}", file=sys.stderr)
+    sys.exit(2)
 
 
 def main() -> None:
     """Console entry point: Hydra's app, with bad input reported in one line (exit 2)."""
     register_configs()
-    full_trace = os.environ.get("HYDRA_FULL_ERROR") == "1"
-    os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us; we print them in one line
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # let Hydra's own errors reach us, to print in one line
     try:
         app()
     except Exception as exc:  # noqa: BLE001 - the one place that turns errors into a message
-        if full_trace or not _is_bad_input(exc):
+        if not _is_bad_input(exc):
             raise
-        print(f"lstmlab: error: {one_line(exc)}", file=sys.stderr)
-        sys.exit(2)
+        exit_with_one_line(exc)
 
 
 def _is_bad_input(exc: BaseException) -> bool:

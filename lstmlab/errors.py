@@ -12,7 +12,7 @@ class LabError(Exception):
 def one_line(exc: BaseException) -> str:
     """A one-line description of a Hydra, OmegaConf or lstmlab error."""
     from hydra.errors import InstantiationException, MissingConfigException
-    from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+    from omegaconf.errors import OmegaConfBaseException
 
     if isinstance(exc, MissingConfigException):
         return _missing_option(exc)
@@ -21,7 +21,7 @@ def one_line(exc: BaseException) -> str:
         return _first_line(cause)
     if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
         message = _first_line(cause)
-        if isinstance(cause, ConfigKeyError) and "not in" in message:
+        if message.startswith("Key '") and "' not in '" in message:  # unknown key
             message = f"no such key{_expected_keys(cause)}"
         return f"{cause.full_key}: {message}"
     return _first_line(exc)

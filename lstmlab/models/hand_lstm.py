@@ -149,7 +149,7 @@ class HandLSTM(nn.Module):
         if packed:
             output = pack_padded_sequence(output, lengths.cpu(), batch_first=True, enforce_sorted=False)
         elif not self.batch_first:
-            output = output.transpose(0, 1)
+            output = output.transpose(0, 1).contiguous()  # as nn.LSTM returns it
         return output, (torch.stack(h_n), torch.stack(c_n))
 
     def _initial_state(self, input: Tensor, hx, batch: int):

@@ -1,0 +1,71 @@
+"""The real `lstmlab` command, end to end: what a user types and what a run leaves behind."""
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import TINY_ADDER, run_lab
+
+
+def test_adder_run_writes_metrics_result_and_model(lab):
+    proc = lab("task=adder", "model=hand_lstm", *TINY_ADDER, "trainer.target_metric=null")
+    assert proc.returncode == 0, proc.stderr
+    assert f"results in {lab.run_dir}" in proc.stdout
+    metrics = pd.read_csv(lab.run_dir / "metrics.csv")
+    assert metrics["epoch"].tolist() == [1, 2]
+    assert {"train_loss", "test_loss", "test_acc", "exhaustive_acc", "acc_16bit", "acc_32bit"} <= set(metrics.columns)
+    result = pd.read_csv(lab.run_dir / "result.csv").iloc[0]
+    assert result["model.hidden_size"] == 8 and result["model._target_"] == "lstmlab.models.HandLSTM"
+    assert result["status"] == "finished" and result["epochs"] == 2 and result["stop_reason"] == "max_epochs"
+    assert result["device"] == "cpu" and result["params"] > 0 and result["train_seconds"] > 0
+    assert result["test_acc"] == metrics["test_acc"].iloc[-1]
+    state = torch.load(lab.run_dir / "model.pt", weights_only=True)
+    assert sum(v.numel() for v in state.values()) == result["params"]
+    assert "rnn.weight_ih_l0" in state
+
+
+def test_torch_lstm_with_overrides_and_reference_experiment(lab):
+    proc = lab("experiment=adder_reference", "task.train_size=640", "task.test_size=64", "trainer.max_epochs=1",
+               "trainer.progress=false")
+    assert proc.returncode == 0, proc.stderr
+    result = pd.read_csv(lab.run_dir / "result.csv").iloc[0]
+    assert result["model._target_"] == "torch.nn.LSTM"
+    assert (result["model.hidden_size"], result["model.num_layers"], result["task.encoding"]) == (32, 2, "parallel")
+    assert (result["task.loss"], result["trainer.optimizer.lr"], result["trainer.shuffle"]) == ("mse", 0.001, False)
+
+
+def test_help_lists_config_groups_and_cfg_prints_resolved_config(tmp_path):
+    help_text = run_lab("--help", cwd=tmp_path).stdout
+    for group in ("task: adder", "model: hand_lstm, torch_lstm", "experiment: adder_reference"):
+        assert group in help_text
+    cfg = run_lab("--cfg", "job", "model.hidden_size=64", cwd=tmp_path)
+    assert cfg.returncode == 0 and "hidden_size: 64" in cfg.stdout
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("task=nope", "task=nope: no such option; expected one of: adder"),
+        ("model.hidn=3", "model.hidn: no such key; expected one of: hidden_size"),
+        ("model.hidden_size=abc", "model.hidden_size: Value 'abc' of type 'str' could not be converted to Integer"),
+        ("model.hidden_size=0", "model.hidden_size=0: expected a number >= 1"),
+        ("trainer.optimizer.lr=-0.1", "trainer.optimizer.lr=-0.1: expected a learning rate > 0"),
+        ("task.encoding=zigzag", "task.encoding=zigzag: expected one of serial, parallel, flat"),
+        ("model.dropout=1.5", "model.dropout=1.5: expected a probability in [0, 1)"),
+        pytest.param("trainer.device=cuda", "trainer.device=cuda: no CUDA GPU is available",
+                     marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")),
+    ],
+)
+def test_bad_input_gives_one_line_nonzero_exit_and_no_result(lab, override, message):
+    proc = lab(*TINY_ADDER, override)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert lines == [f"lstmlab: error: {lines[0].removeprefix('lstmlab: error: ')}"]  # exactly one line
+    assert message in lines[0]
+    assert not (lab.run_dir / "result.csv").exists()
+    assert "Traceback" not in proc.stderr
+
+
+def test_full_error_env_shows_the_traceback(lab):
+    proc = lab(*TINY_ADDER, "model.hidden_size=0", env={"HYDRA_FULL_ERROR": "1"})
+    assert proc.returncode != 0 and "Traceback" in proc.stderr

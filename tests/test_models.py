@@ -1,0 +1,166 @@
+"""HandLSTM against torch.nn.LSTM: same weights give the same numbers, forwards and backwards."""
+
+import itertools
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from lstmlab.models import HandLSTM, SequenceModel
+from lstmlab.models.variable_length import reverse_within_lengths
+
+TOL = dict(rtol=0, atol=1e-10)
+
+
+def twin_lstms(input_size=3, hidden_size=5, **kwargs):
+    """An nn.LSTM and a HandLSTM with the same float64 weights."""
+    torch.manual_seed(0)
+    reference = nn.LSTM(input_size, hidden_size, **kwargs).double()
+    hand = HandLSTM(input_size, hidden_size, **kwargs).double()
+    hand.load_state_dict(reference.state_dict())
+    return reference, hand
+
+
+def run_and_backprop(lstm, x, hx=None):
+    x = x.clone().requires_grad_(True)
+    hx = None if hx is None else tuple(s.clone().requires_grad_(True) for s in hx)
+    output, (h_n, c_n) = lstm(x, hx)
+    torch.manual_seed(1)  # the same random upstream gradient for both models
+    weights = [torch.randn(t.shape, dtype=t.dtype) for t in (output, h_n)]
+    loss = (output * weights[0]).sum() + (h_n * weights[1]).sum() + (c_n**2).sum()
+    loss.backward()
+    grads = {name: p.grad for name, p in lstm.named_parameters()}
+    grads["input"] = x.grad
+    if hx is not None:
+        grads["h0"], grads["c0"] = hx[0].grad, hx[1].grad
+    return output, h_n, c_n, grads
+
+
+@pytest.mark.parametrize(
+    "num_layers, bidirectional, batch_first", list(itertools.product([1, 2, 3], [False, True], [False, True]))
+)
+def test_hand_lstm_matches_torch_outputs_states_and_gradients(num_layers, bidirectional, batch_first):
+    reference, hand = twin_lstms(num_layers=num_layers, bidirectional=bidirectional, batch_first=batch_first)
+    x = torch.randn(4, 7, 3, dtype=torch.float64)  # (B, T, I) or (T, B, I): both valid shapes
+    expected, got = run_and_backprop(reference, x), run_and_backprop(hand, x)
+    for a, b in zip(expected[:3], got[:3]):
+        torch.testing.assert_close(b, a, **TOL)
+    assert expected[3].keys() == got[3].keys()
+    for name in expected[3]:
+        torch.testing.assert_close(got[3][name], expected[3][name], **TOL, msg=f"gradient of {name}")
+
+
+def test_initial_state_is_used_and_gets_gradients():
+    reference, hand = twin_lstms(num_layers=2, bidirectional=True, batch_first=True)
+    x = torch.randn(3, 5, 3, dtype=torch.float64)
+    hx = (torch.randn(4, 3, 5, dtype=torch.float64), torch.randn(4, 3, 5, dtype=torch.float64))
+    expected, got = run_and_backprop(reference, x, hx), run_and_backprop(hand, x, hx)
+    torch.testing.assert_close(got[0], expected[0], **TOL)
+    torch.testing.assert_close(got[3]["h0"], expected[3]["h0"], **TOL)
+    torch.testing.assert_close(got[3]["c0"], expected[3]["c0"], **TOL)
+    zero_state, _ = hand(x)
+    assert not torch.allclose(zero_state, got[0])
+
+
+def test_state_dict_loads_both_ways_with_same_names_and_shapes():
+    reference = nn.LSTM(4, 6, num_layers=2, bidirectional=True)
+    hand = HandLSTM(4, 6, num_layers=2, bidirectional=True)
+    assert {k: v.shape for k, v in hand.state_dict().items()} == {k: v.shape for k, v in reference.state_dict().items()}
+    reference.load_state_dict(hand.state_dict())
+    hand.load_state_dict(reference.state_dict())
+
+
+def test_no_bias_matches_torch():
+    reference, hand = twin_lstms(num_layers=2, bias=False)
+    assert not any("bias" in name for name, _ in hand.named_parameters())
+    x = torch.randn(6, 2, 3, dtype=torch.float64)
+    torch.testing.assert_close(hand(x)[0], reference(x)[0], **TOL)
+
+
+def test_initialisation_is_uniform_within_one_over_sqrt_hidden():
+    torch.manual_seed(0)
+    hand = HandLSTM(10, 25, num_layers=2)
+    values = torch.cat([p.detach().flatten() for p in hand.parameters()])
+    bound = 1 / 25**0.5
+    assert values.abs().max() <= bound
+    assert values.abs().max() > 0.95 * bound and abs(values.mean()) < 0.01  # spread over the range
+
+
+def test_dropout_acts_between_layers_only_in_training():
+    torch.manual_seed(0)
+    hand = HandLSTM(3, 8, num_layers=2, dropout=0.5, batch_first=True)
+    x = torch.randn(2, 5, 3)
+    hand.eval()
+    assert torch.equal(hand(x)[0], hand(x)[0])
+    hand.train()
+    assert not torch.equal(hand(x)[0], hand(x)[0])
+
+
+def padded_batch(lengths, features=3):
+    torch.manual_seed(2)
+    x = torch.randn(len(lengths), max(lengths), features, dtype=torch.float64)
+    lengths = torch.tensor(lengths)
+    for b, n in enumerate(lengths):
+        x[b, n:] = 0.0
+    return x, lengths
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_packed_sequence_gives_same_outputs_and_final_states_as_torch(bidirectional):
+    reference, hand = twin_lstms(num_layers=2, bidirectional=bidirectional, batch_first=True)
+    x, lengths = padded_batch([5, 2, 7, 1])
+    packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    ref_out, (ref_h, ref_c) = reference(packed)
+    out, (h, c) = hand(packed)
+    torch.testing.assert_close(pad_packed_sequence(out, batch_first=True)[0], pad_packed_sequence(ref_out, batch_first=True)[0], **TOL)
+    torch.testing.assert_close(h, ref_h, **TOL)
+    torch.testing.assert_close(c, ref_c, **TOL)
+
+
+def test_lengths_give_each_sequence_the_result_it_gets_alone():
+    _, hand = twin_lstms(num_layers=2, bidirectional=True, batch_first=True)
+    x, lengths = padded_batch([4, 6, 1])
+    out, (h, _) = hand(x, lengths=lengths)
+    for b, n in enumerate(lengths.tolist()):
+        alone_out, (alone_h, _) = hand(x[b : b + 1, :n])
+        torch.testing.assert_close(out[b : b + 1, :n], alone_out, **TOL)
+        torch.testing.assert_close(h[:, b], alone_h[:, 0], **TOL)
+        assert torch.all(out[b, n:] == 0)  # padding never leaks into the outputs
+
+
+def test_reverse_within_lengths_keeps_padding_in_place():
+    x = torch.arange(8.0).view(2, 4, 1)
+    flipped = reverse_within_lengths(x, torch.tensor([4, 2]))
+    assert flipped[:, :, 0].tolist() == [[3, 2, 1, 0], [5, 4, 6, 7]]
+
+
+@pytest.mark.parametrize("readout, shape", [("every_step", (2, 5, 3)), ("last_step", (2, 3)), ("final_state", (2, 3)), ("mean_max", (2, 3))])
+def test_sequence_model_readouts(readout, shape):
+    net = SequenceModel(HandLSTM(4, 6, bidirectional=True, batch_first=True), output_size=3, readout=readout)
+    assert net(torch.randn(2, 5, 4)).shape == shape
+
+
+def test_sequence_model_reads_last_real_step_of_padded_sequences():
+    torch.manual_seed(0)
+    net = SequenceModel(HandLSTM(2, 4, batch_first=True), output_size=1, readout="last_step").double()
+    x, lengths = padded_batch([3, 5], features=2)
+    batched = net(x, lengths)
+    for b, n in enumerate(lengths.tolist()):
+        torch.testing.assert_close(batched[b], net(x[b : b + 1, :n])[0], **TOL)
+
+
+def test_sequence_model_handles_sequence_first_rnn():
+    torch.manual_seed(0)
+    rnn = nn.LSTM(2, 4, batch_first=False)
+    net = SequenceModel(rnn, output_size=1)
+    x = torch.randn(3, 6, 2)  # batch-first, as tasks give it
+    expected = net.head(rnn(x.transpose(0, 1))[0].transpose(0, 1))
+    torch.testing.assert_close(net(x), expected)
+
+
+def test_bad_constructor_values_are_rejected():
+    with pytest.raises(ValueError, match="backward"):
+        HandLSTM(2, 4, backward="magic")
+    with pytest.raises(ValueError, match="readout"):
+        SequenceModel(HandLSTM(2, 4), output_size=1, readout="middle")

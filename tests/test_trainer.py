@@ -1,0 +1,56 @@
+"""The training loop: early stopping, devices, learning on a tiny task."""
+
+import functools
+
+import pytest
+import torch
+
+from lstmlab.errors import LabError
+from lstmlab.models import HandLSTM, SequenceModel
+from lstmlab.tasks.adder import AdderTask
+from lstmlab.trainer import Trainer, resolve_device
+
+ADAM = functools.partial(torch.optim.Adam, lr=0.03)
+
+
+def tiny_adder_net(task):
+    torch.manual_seed(0)
+    return SequenceModel(HandLSTM(task.input_size, 8, batch_first=True), **task.network_options())
+
+
+def test_trains_the_serial_adder_to_full_accuracy_and_stops_on_target():
+    task = AdderTask(train_size=4000, test_size=500, eval_bits=[16], eval_size=500)
+    trainer = Trainer(ADAM, device="cpu", max_epochs=15, batch_size=32, target_metric=1.0, progress=False)
+    rows = []
+    fit = trainer.fit(tiny_adder_net(task), task, on_epoch=rows.append)
+    assert fit.stop_reason == "target_metric"
+    assert fit.metrics["exhaustive_acc"] == 1.0 and fit.best == 1.0
+    assert fit.epochs == len(rows) < 15
+    assert [r["epoch"] for r in rows] == list(range(1, fit.epochs + 1))
+    assert rows[-1]["step"] == fit.epochs * task.num_train_batches(32)
+
+
+def test_target_loss_stops_when_training_loss_falls_below_it():
+    task = AdderTask(train_size=500, test_size=100, eval_bits=[])
+    trainer = Trainer(ADAM, device="cpu", max_epochs=5, target_loss=10.0, progress=False)
+    fit = trainer.fit(tiny_adder_net(task), task)
+    assert (fit.epochs, fit.stop_reason) == (1, "target_loss")
+
+
+def test_same_seed_gives_identical_training():
+    task = AdderTask(train_size=500, test_size=100, eval_bits=[])
+    results = []
+    for _ in range(2):
+        trainer = Trainer(ADAM, device="cpu", max_epochs=2, progress=False, seed=3)
+        results.append(trainer.fit(tiny_adder_net(task), task).metrics)
+    assert results[0] | {"seconds": 0} == results[1] | {"seconds": 0}
+
+
+def test_devices_resolve_or_fail_with_one_line():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type in ("cpu", "cuda", "mps")
+    with pytest.raises(LabError, match="trainer.device=tpu"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(LabError, match=r"trainer.device=cuda: no CUDA GPU"):
+            resolve_device("cuda")
