@@ -4,9 +4,6 @@ bad sizes, and the CLI run end to end with its plots."""
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -20,7 +17,6 @@ from lstmlab.tasks.base import Batch
 from lstmlab.tasks.sin_cos import SinCosTask, strided_sequences, time_order
 from lstmlab.trainer import Trainer
 
-LAB = str(Path(sys.executable).parent / "lstmlab")
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -143,41 +139,37 @@ def test_stops_at_the_first_epoch_whose_training_loss_is_below_the_target():
 
 
 # ---------------------------------------------------------------- the CLI end to end
-def lab(tmp_path, *overrides):
-    return subprocess.run(
-        [LAB, "task=sin_cos", "trainer.progress=false", f"hydra.run.dir={tmp_path}", *overrides],
-        capture_output=True, text=True, timeout=300,
-    )
+SIN_COS = ["task=sin_cos", "trainer.progress=false"]
 
 
-def test_cli_trains_reports_test_mse_and_draws_both_plots(tmp_path):
-    done = lab(tmp_path, "trainer.max_epochs=30")
+def test_cli_trains_reports_test_mse_and_draws_both_plots(lab):
+    done = lab(*SIN_COS, "trainer.max_epochs=30")
     assert done.returncode == 0, done.stderr
-    metrics = pd.read_csv(tmp_path / "metrics.csv")
+    metrics = pd.read_csv(lab.run_dir / "metrics.csv")
     assert list(metrics["epoch"]) == list(range(1, 31))
     assert {"train_loss", "train_mse", "test_mse"} <= set(metrics.columns)
     assert metrics["train_loss"].iloc[-1] < metrics["train_loss"].iloc[0]
-    result = pd.read_csv(tmp_path / "result.csv").iloc[0]
+    result = pd.read_csv(lab.run_dir / "result.csv").iloc[0]
     assert result["epochs"] == 30 and result["stop_reason"] == "max_epochs"
     assert result["model.batch_first"] == False  # noqa: E712 - sequence-first, as in the note
     assert 0 < result["test_mse"] == pytest.approx(metrics["test_mse"].iloc[-1])
     assert "test_mse" in done.stdout and "stopped after 30 epochs (max_epochs)" in done.stdout
     for name in ("prediction.png", "curves.png"):
-        assert (tmp_path / name).read_bytes().startswith(PNG)
+        assert (lab.run_dir / name).read_bytes().startswith(PNG)
 
 
 @pytest.mark.parametrize("model", [["model=hand_lstm"], ["model=torch_lstm", "model.bidirectional=true"]])
-def test_cli_stops_once_the_training_loss_is_below_target_loss(tmp_path, model):
-    done = lab(tmp_path, *model, "trainer.target_loss=10")
+def test_cli_stops_once_the_training_loss_is_below_target_loss(lab, model):
+    done = lab(*SIN_COS, *model, "trainer.target_loss=10")
     assert done.returncode == 0, done.stderr
-    result = pd.read_csv(tmp_path / "result.csv").iloc[0]
+    result = pd.read_csv(lab.run_dir / "result.csv").iloc[0]
     assert result["epochs"] == 1 and result["stop_reason"] == "target_loss"
-    assert (tmp_path / "prediction.png").exists() and (tmp_path / "curves.png").exists()
+    assert (lab.run_dir / "prediction.png").exists() and (lab.run_dir / "curves.png").exists()
 
 
 @pytest.mark.parametrize("override", ["task.window=150", "task.train_fraction=1.5"])
-def test_cli_rejects_bad_sizes_in_one_line(tmp_path, override):
-    done = lab(tmp_path, override)
+def test_cli_rejects_bad_sizes_in_one_line(lab, override):
+    done = lab(*SIN_COS, override)
     assert done.returncode == 2
-    assert done.stderr.strip().count("\n") == 0 and override in done.stderr
-    assert not (tmp_path / "result.csv").exists() and not (tmp_path / "metrics.csv").exists()
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()] and override in done.stderr
+    assert not (lab.run_dir / "result.csv").exists() and not (lab.run_dir / "metrics.csv").exists()
