@@ -52,6 +52,8 @@ def write_curves(run_dir: Path | str) -> Path | None:
     metrics = pd.read_csv(path)
     if metrics.empty:
         return None
+    from matplotlib.ticker import MaxNLocator
+
     columns = [c for c in metrics.columns if c not in _BOOKKEEPING]
     losses = [c for c in columns if is_loss_column(c)]
     others = [c for c in columns if not is_loss_column(c) and pd.api.types.is_numeric_dtype(metrics[c])]
@@ -63,6 +65,7 @@ def write_curves(run_dir: Path | str) -> Path | None:
             axes.plot(metrics["epoch"], values, style, label=name, marker="o" if len(metrics) == 1 else None)
         if log:
             axes.set_yscale("log")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.set_xlabel("epoch")
         axes.set_ylabel(ylabel)
         axes.grid(True, which="major", alpha=0.3)

@@ -158,17 +158,16 @@ def test_cli_trains_reports_test_mse_and_draws_both_plots(lab):
         assert (lab.run_dir / name).read_bytes().startswith(PNG)
 
 
-@pytest.mark.parametrize("model", [["model=hand_lstm"], ["model=torch_lstm", "model.bidirectional=true"]])
-def test_cli_stops_once_the_training_loss_is_below_target_loss(lab, model):
-    done = lab(*SIN_COS, *model, "trainer.target_loss=10")
+def test_cli_stops_once_the_training_loss_is_below_target_loss(lab):
+    done = lab(*SIN_COS, "model=torch_lstm", "model.bidirectional=true", "trainer.target_loss=10")
     assert done.returncode == 0, done.stderr
     result = pd.read_csv(lab.run_dir / "result.csv").iloc[0]
     assert result["epochs"] == 1 and result["stop_reason"] == "target_loss"
     assert (lab.run_dir / "prediction.png").exists() and (lab.run_dir / "curves.png").exists()
 
 
-@pytest.mark.parametrize("override", ["task.window=150", "task.train_fraction=1.5"])
-def test_cli_rejects_bad_sizes_in_one_line(lab, override):
+def test_cli_rejects_bad_sizes_in_one_line(lab):
+    override = "task.window=150"  # longer than either half of the data
     done = lab(*SIN_COS, override)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [done.stderr.strip()] and override in done.stderr
