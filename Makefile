@@ -7,10 +7,10 @@ PY      = $(BIN)/python
 LAB     = $(BIN)/lstmlab
 STAMP   = $(VENV)/.installed
 
-.PHONY: help install run test adder-reference adder-encodings clean
+.PHONY: help install run test adder-reference adder-encodings sin-cos clean
 
 help:
-	@echo "make run | test | install [TORCH=spec] | adder-reference | adder-encodings"
+	@echo "make run | test | install [TORCH=spec] | adder-reference | adder-encodings | sin-cos"
 
 # torch is installed first and pinned (a bare `torch` requirement pulls a multi-GB CUDA build);
 # `make install TORCH=...` picks another build, e.g. TORCH="torch --index-url https://download.pytorch.org/whl/cu124".
@@ -37,6 +37,10 @@ adder-reference: $(STAMP)
 adder-encodings: $(STAMP)
 	for enc in serial parallel flat; do for m in hand_lstm torch_lstm; do \
 	  $(LAB) task.encoding=$$enc model=$$m trainer.progress=false $(ARGS) || exit 1; done; done
+
+# SPEC.md experiment 2: sin -> cos, writes prediction.png and curves.png into the run directory
+sin-cos: $(STAMP)
+	$(LAB) task=sin_cos $(ARGS)
 
 clean:
 	rm -rf $(VENV) outputs/* multirun

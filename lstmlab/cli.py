@@ -84,11 +84,14 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> d
             return stopped.diverged(exc)
     with interrupts.deferred():
         recorder.save_model(net.state_dict())
+        recorder.flush_metrics()
+        write_plots(run_dir, task, trainer.predictor(net))
         final = _final_metrics(fit.metrics)
         summary = final | _run_columns(fit.epochs, fit.stop_reason, params, fit.train_seconds, str(trainer.device),
                                        "finished")
         recorder.write_result(config, summary)
     print(" | ".join(f"{k} {_fmt(v)}" for k, v in final.items()))
+    print(f"stopped after {fit.epochs} epochs ({fit.stop_reason})")
     print(f"results in {run_dir}")
     return summary
 
@@ -175,6 +178,17 @@ def _say(message: str) -> None:
 
 
 _DIVERGED: list[Path] = []  # run directories whose training diverged (main() exits 1)
+
+
+def write_plots(run_dir: Path, task, predict) -> None:
+    """curves.png and the task's figures; a plotting failure is logged and does not fail the run."""
+    from . import plots  # matplotlib is imported only once a run has trained
+
+    try:
+        plots.write_curves(run_dir)
+        plots.write_figures(run_dir, task.figures(predict))
+    except Exception:  # noqa: BLE001 - the trained model and metrics are already written
+        log.exception("could not draw the plots of %s", run_dir)
 
 
 def _fmt(value) -> str:

@@ -89,6 +89,27 @@ class AdderConf:
         _one_of("task.loss", self.loss, ("bce", "mse"))
 
 
+@dataclass
+class SinCosConf:
+    _target_: str = "lstmlab.tasks.sin_cos.SinCosTask"
+    points: int = 200
+    start_pi: float = 0.0
+    end_pi: float = 12.0
+    window: int = 20
+    train_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        from .tasks.sin_cos import split_sizes
+
+        _at_least("task.points", self.points, 2)
+        _check("task.end_pi", self.end_pi > self.start_pi, f"more than task.start_pi={self.start_pi}", self.end_pi)
+        _at_least("task.window", self.window, 1)
+        try:
+            split_sizes(self.points, self.train_fraction, self.window)
+        except ValueError as exc:
+            raise LabError(str(exc)) from None
+
+
 # ---------------------------------------------------------------- trainer
 @dataclass
 class OptimizerConf:
@@ -131,7 +152,7 @@ class TrainerConf:
 
 SCHEMAS = {
     "model": {"hand_lstm": HandLSTMConf, "torch_lstm": TorchLSTMConf},
-    "task": {"adder": AdderConf},
+    "task": {"adder": AdderConf, "sin_cos": SinCosConf},
     "trainer": {"default": TrainerConf},
 }
 

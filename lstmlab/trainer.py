@@ -15,7 +15,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .checkpoint import TrainState
 from .errors import LabError
-from .tasks.base import Batch, Task
+from .tasks.base import Batch, Predict, Task
 
 log = logging.getLogger("lstmlab")
 
@@ -186,15 +186,19 @@ class Trainer:
         lengths = None if batch.lengths is None else batch.lengths.to(self.device)
         return batch.inputs.to(self.device, non_blocking=True), lengths
 
-    @torch.no_grad()
     def evaluate(self, net: nn.Module, task: Task) -> dict[str, float]:
+        return task.evaluate(self.predictor(net))
+
+    def predictor(self, net: nn.Module) -> Predict:
+        """The task-facing view of the network: a batch -> its outputs on the CPU, eval mode, no grad."""
         net.eval()
 
+        @torch.no_grad()
         def predict(batch: Batch) -> torch.Tensor:
             inputs, lengths = self._to_device(batch)
             return net(inputs, lengths).float().cpu()
 
-        return task.evaluate(predict)
+        return predict
 
     def _reached_target(self, row: dict, monitor: str, mode: str) -> str | None:
         value = row.get(monitor)

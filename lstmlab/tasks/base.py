@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 from typing import Callable, Iterator, NamedTuple
 
 import torch
@@ -16,6 +17,27 @@ class Batch(NamedTuple):
 
 
 Predict = Callable[[Batch], Tensor]  # the model's outputs for a batch, on the CPU, no grad
+
+
+@dataclass
+class Curve:
+    """One line of a figure: y against x (1-d tensors of equal length)."""
+
+    x: Tensor
+    y: Tensor
+    label: str
+    dashed: bool = False
+
+
+@dataclass
+class LinePlot:
+    """What a task wants drawn, as data: lstmlab/plots.py draws it (tasks never see matplotlib)."""
+
+    title: str
+    xlabel: str
+    ylabel: str
+    curves: list[Curve]
+    vlines: list[tuple[float, str]] = field(default_factory=list)  # (x, label) vertical markers
 
 
 class Task(ABC):
@@ -54,6 +76,10 @@ class Task(ABC):
     @abstractmethod
     def evaluate(self, predict: Predict) -> dict[str, float]:
         """Metrics on the held-out data, e.g. {"test_loss": ..., "test_acc": ...}."""
+
+    def figures(self, predict: Predict) -> dict[str, LinePlot]:
+        """Task-specific figures of the trained model, by file stem (e.g. "prediction"); none by default."""
+        return {}
 
 
 def batches_of(inputs: Tensor, targets: Tensor, batch_size: int, shuffle: bool, generator: torch.Generator):

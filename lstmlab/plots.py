@@ -1,0 +1,101 @@
+"""A run's figures, drawn with matplotlib (Agg, no display) and written atomically as PNGs.
+
+- ``curves.png`` for every run, from its ``metrics.csv``: each loss column per epoch on a
+  log scale, and the other metrics (accuracies, ...) beside it when there are any.
+- one PNG per :class:`lstmlab.tasks.base.LinePlot` a task returns from ``figures`` (e.g.
+  ``prediction.png``); a task without figures returns none.
+
+Regenerate a run's ``curves.png``: ``python -m lstmlab.plots outputs/<date>/<time>``.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import sys
+from pathlib import Path
+from typing import Mapping
+
+import pandas as pd
+
+from .results import METRICS_FILE, atomic_write_bytes
+from .tasks.base import LinePlot
+
+CURVES_FILE = "curves.png"
+_BOOKKEEPING = ("epoch", "step", "seconds")
+_LINE_STYLES = ("-", "--", ":", "-.")  # lines that coincide (train_loss, train_mse) stay visible
+
+
+def _new_figure(width: float, height: float):
+    from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
+
+    return Figure(figsize=(width, height), dpi=120, layout="constrained")
+
+
+def _save_png(figure, path: Path) -> Path:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+def is_loss_column(name: str) -> bool:
+    return "loss" in name or name.endswith("mse")
+
+
+def write_curves(run_dir: Path | str) -> Path | None:
+    """``curves.png`` from ``run_dir/metrics.csv``; None when the run has no epochs yet."""
+    run_dir = Path(run_dir)
+    path = run_dir / METRICS_FILE
+    if not path.exists():
+        return None
+    metrics = pd.read_csv(path)
+    if metrics.empty:
+        return None
+    from matplotlib.ticker import MaxNLocator
+
+    columns = [c for c in metrics.columns if c not in _BOOKKEEPING]
+    losses = [c for c in columns if is_loss_column(c)]
+    others = [c for c in columns if not is_loss_column(c) and pd.api.types.is_numeric_dtype(metrics[c])]
+    panels = [p for p in ((losses, "loss (log scale)", True), (others, "metric", False)) if p[0]]
+    figure = _new_figure(6.0 * len(panels), 4.0)
+    for axes, (names, ylabel, log) in zip(figure.subplots(1, len(panels), squeeze=False)[0], panels):
+        for name, style in zip(names, itertools.cycle(_LINE_STYLES)):
+            values = metrics[name].where(metrics[name] > 0) if log else metrics[name]
+            axes.plot(metrics["epoch"], values, style, label=name, marker="o" if len(metrics) == 1 else None)
+        if log:
+            axes.set_yscale("log")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.set_xlabel("epoch")
+        axes.set_ylabel(ylabel)
+        axes.grid(True, which="major", alpha=0.3)
+        axes.legend()
+    figure.suptitle(f"training curves ({len(metrics)} epochs)")
+    return _save_png(figure, run_dir / CURVES_FILE)
+
+
+def draw_line_plot(plot: LinePlot, path: Path) -> Path:
+    """One task figure: its curves (dashed where asked), vertical markers, labels and legend."""
+    figure = _new_figure(10.0, 4.5)
+    axes = figure.subplots()
+    for curve in plot.curves:
+        style = {"linestyle": "--", "linewidth": 1.6} if curve.dashed else {"linestyle": "-", "linewidth": 2.0}
+        axes.plot(curve.x.numpy(), curve.y.detach().numpy(), label=curve.label, **style)
+    for x, label in plot.vlines:
+        axes.axvline(x, color="grey", linestyle=":", linewidth=1.5, label=label)
+    axes.set_title(plot.title)
+    axes.set_xlabel(plot.xlabel)
+    axes.set_ylabel(plot.ylabel)
+    axes.grid(True, alpha=0.3)
+    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return _save_png(figure, path)
+
+
+def write_figures(run_dir: Path | str, figures: Mapping[str, LinePlot]) -> list[Path]:
+    """``<name>.png`` in ``run_dir`` for each of a task's figures."""
+    return [draw_line_plot(plot, Path(run_dir) / f"{name}.png") for name, plot in figures.items()]
+
+
+if __name__ == "__main__":
+    for directory in sys.argv[1:] or ["."]:
+        print(write_curves(directory) or f"{directory}: no {METRICS_FILE}")

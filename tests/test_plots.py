@@ -1,0 +1,50 @@
+"""lstmlab/plots.py: curves.png from any run's metrics.csv, and a task's figures as PNGs."""
+
+from __future__ import annotations
+
+import pandas as pd
+import torch
+from matplotlib.image import imread
+
+from lstmlab.plots import is_loss_column, write_curves, write_figures
+from lstmlab.tasks.base import Curve, LinePlot
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _metrics(tmp_path, **columns):
+    epochs = range(1, 6)
+    frame = pd.DataFrame({"epoch": epochs, "step": epochs, "seconds": [0.1 * e for e in epochs], **columns})
+    frame.to_csv(tmp_path / "metrics.csv", index=False)
+
+
+def test_curves_png_from_metrics_csv(tmp_path):
+    _metrics(tmp_path, train_loss=[1.0, 0.5, 0.1, 0.01, 0.0], test_mse=[1.0, 0.6, 0.2, 0.05, 0.04])
+    path = write_curves(tmp_path)
+    assert path == tmp_path / "curves.png" and path.read_bytes().startswith(PNG)
+    assert not list(tmp_path.glob(".*.tmp"))  # written atomically, no temporary file left
+
+
+def test_metrics_other_than_losses_get_a_second_panel(tmp_path):
+    _metrics(tmp_path, train_loss=[1.0, 0.5, 0.2, 0.1, 0.05])
+    losses_only = imread(write_curves(tmp_path)).shape[1]
+    _metrics(tmp_path, train_loss=[1.0, 0.5, 0.2, 0.1, 0.05], test_acc=[0.1, 0.5, 0.9, 1.0, 1.0])
+    assert imread(write_curves(tmp_path)).shape[1] == 2 * losses_only
+
+
+def test_loss_columns():
+    assert [c for c in ("train_loss", "test_loss", "test_mse", "test_acc", "acc_16bit") if is_loss_column(c)] == [
+        "train_loss", "test_loss", "test_mse"]
+
+
+def test_no_curves_without_metrics(tmp_path):
+    assert write_curves(tmp_path) is None
+    assert not (tmp_path / "curves.png").exists()
+
+
+def test_task_figures_are_written_by_name(tmp_path):
+    x = torch.linspace(0, 1, 10)
+    plot = LinePlot("title", "x", "y", [Curve(x, x, "a"), Curve(x, -x, "b", dashed=True)], vlines=[(0.5, "mid")])
+    (path,) = write_figures(tmp_path, {"prediction": plot})
+    assert path == tmp_path / "prediction.png" and path.read_bytes().startswith(PNG)
+    assert write_figures(tmp_path, {}) == []
