@@ -1,5 +1,7 @@
 """The results writer: atomic files, flattened config, loadable weights."""
 
+import os
+
 import pandas as pd
 import pytest
 import torch
@@ -38,3 +40,10 @@ def test_recorder_writes_metrics_result_and_model(tmp_path):
     result = pd.read_csv(tmp_path / "result.csv")
     assert result.loc[0, "model.hidden_size"] == 4 and result.loc[0, "status"] == "finished"
     assert torch.equal(torch.load(tmp_path / "model.pt", weights_only=True)["w"], torch.ones(2))
+
+
+def test_written_files_get_ordinary_permissions(tmp_path):
+    atomic_write_bytes(tmp_path / "result.csv", b"x")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "result.csv").stat().st_mode & 0o777 == 0o666 & ~mask
