@@ -9,6 +9,10 @@ A run directory holds:
   ``params``, ``train_seconds``, ``device``, ``status``. It is written last: a run
   without it did not finish.
 - ``model.pt``: the trained state_dict (``torch.load(path, weights_only=True)``).
+
+A job of a sweep that fails writes ``result.csv`` with ``status=failed`` and ``error`` (one
+line) and ``traceback.txt``, no ``model.pt``. A sweep directory gets ``results.csv``: one row
+per job (``lstmlab/sweep.py`` builds it).
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ import torch
 METRICS_FILE = "metrics.csv"
 RESULT_FILE = "result.csv"
 MODEL_FILE = "model.pt"
+RESULTS_FILE = "results.csv"
+TRACEBACK_FILE = "traceback.txt"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -52,6 +58,38 @@ def atomic_torch_save(path: Path, obj: Any) -> None:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def read_result(run_dir: Path | str) -> dict | None:
+    """The row of ``run_dir/result.csv`` as a dict, or None when there is none (yet)."""
+    path = Path(run_dir) / RESULT_FILE
+    try:
+        frame = pd.read_csv(path)
+    except (FileNotFoundError, pd.errors.EmptyDataError):
+        return None
+    return frame.iloc[0].to_dict() if len(frame) else None
+
+
+def as_csv_text(row: Mapping[str, Any]) -> dict[str, str]:
+    """Each value as the text result.csv holds for it (to compare a config with a stored row)."""
+    text = pd.DataFrame([dict(row)]).to_csv(index=False)
+    return pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False).iloc[0].to_dict()
+
+
+def stored_as_text(run_dir: Path | str) -> dict[str, str] | None:
+    """``result.csv``'s row as raw text values, or None when there is none."""
+    try:
+        frame = pd.read_csv(Path(run_dir) / RESULT_FILE, dtype=str, keep_default_na=False)
+    except (FileNotFoundError, pd.errors.EmptyDataError):
+        return None
+    return frame.iloc[0].to_dict() if len(frame) else None
+
+
+def write_results(sweep_dir: Path | str, frame: pd.DataFrame) -> Path:
+    """A sweep's ``results.csv`` (one row per job), written atomically."""
+    path = Path(sweep_dir) / RESULTS_FILE
+    atomic_write_csv(path, frame)
+    return path
 
 
 def flatten_config(config: Mapping, prefix: str = "") -> dict[str, Any]:
@@ -97,6 +135,17 @@ class RunRecorder:
         """The run's one-row summary: flattened config, then the summary's columns."""
         self.flush_metrics()
         row = flatten_config(config) | dict(summary)
+        path = self.run_dir / RESULT_FILE
+        atomic_write_csv(path, pd.DataFrame([row]))
+        return path
+
+    def write_failed(self, config: Mapping, error: str, traceback: str = "") -> Path:
+        """A failed run: ``result.csv`` with ``status=failed`` and the one-line ``error``."""
+        self.flush_metrics()
+        (self.run_dir / MODEL_FILE).unlink(missing_ok=True)
+        if traceback:
+            atomic_write_bytes(self.run_dir / TRACEBACK_FILE, traceback.encode())
+        row = flatten_config(config) | {"status": "failed", "error": error}
         path = self.run_dir / RESULT_FILE
         atomic_write_csv(path, pd.DataFrame([row]))
         return path

@@ -88,8 +88,7 @@ class Trainer:
         self.seed = seed
 
     def fit(self, net: nn.Module, task: Task, on_epoch: EpochCallback | None = None) -> FitResult:
-        monitor = self.monitor or task.monitor
-        mode = self.mode or (task.monitor_mode if monitor == task.monitor else "min")
+        monitor, mode = self.monitor_of(task)
         if self.num_threads:
             torch.set_num_threads(self.num_threads)
         net.to(self.device)
@@ -121,6 +120,11 @@ class Trainer:
                     break
         result.train_seconds = time.perf_counter() - start
         return result
+
+    def monitor_of(self, task: Task) -> tuple[str, str]:
+        """The metric to watch and its mode (max | min): the trainer's if set, else the task's."""
+        monitor = self.monitor or task.monitor
+        return monitor, self.mode or (task.monitor_mode if monitor == task.monitor else "min")
 
     def _train_epoch(self, net, task, optimizer, generator, bar) -> tuple[float, int]:
         net.train()
