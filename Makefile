@@ -7,10 +7,10 @@ PY      = $(BIN)/python
 LAB     = $(BIN)/lstmlab
 STAMP   = $(VENV)/.installed
 
-.PHONY: help install run test adder-reference adder-encodings clean
+.PHONY: help install run test adder-reference adder-encodings compare sweep-hidden clean
 
 help:
-	@echo "make run | test | install [TORCH=spec] | adder-reference | adder-encodings"
+	@echo "make run | test | install [TORCH=spec] | adder-reference | adder-encodings | compare | sweep-hidden"
 
 # torch is installed first and pinned (a bare `torch` requirement pulls a multi-GB CUDA build);
 # `make install TORCH=...` picks another build, e.g. TORCH="torch --index-url https://download.pytorch.org/whl/cu124".
@@ -37,6 +37,24 @@ adder-reference: $(STAMP)
 adder-encodings: $(STAMP)
 	for enc in serial parallel flat; do for m in hand_lstm torch_lstm; do \
 	  $(LAB) task.encoding=$$enc model=$$m trainer.progress=false $(ARGS) || exit 1; done; done
+
+# SPEC.md experiment 3: torch_lstm, bidirectional torch_lstm, hand_lstm, bidirectional hand_lstm
+# on the adder, same seeds, one table (a CPU-sized adder: 4,000 training pairs, 4 epochs).
+# Running it again into the same directory only runs the jobs that have not finished.
+SMALL_ADDER = task=adder task.train_size=4000 task.test_size=2000 task.eval_size=1000 \
+              trainer.max_epochs=4 trainer.target_metric=null trainer.progress=false
+compare: $(STAMP)
+	$(LAB) -m model=torch_lstm,hand_lstm model.bidirectional=false,true seed=0,1,2 $(SMALL_ADDER) \
+	  hydra.sweep.dir=multirun/compare $(ARGS); status=$$?; \
+	$(BIN)/lstmlab-report multirun/compare --metrics exhaustive_acc,test_loss,params,sec_per_epoch --plot \
+	  && exit $$status
+
+# accuracy and time vs hidden size on the adder
+sweep-hidden: $(STAMP)
+	$(LAB) -m model.hidden_size=4,8,16,32 seed=0,1,2 $(SMALL_ADDER) \
+	  hydra.sweep.dir=multirun/sweep_hidden $(ARGS); status=$$?; \
+	$(BIN)/lstmlab-report multirun/sweep_hidden --metrics exhaustive_acc,acc_32bit,test_loss,params,sec_per_epoch \
+	  --plot && exit $$status
 
 clean:
 	rm -rf $(VENV) outputs/* multirun
