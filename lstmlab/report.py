@@ -193,24 +193,25 @@ def plot(frame: pd.DataFrame, summary: pd.DataFrame, keys: Sequence[str], metric
 def _plot_vs_key(ax, summary: pd.DataFrame, keys: list[str], metric: str) -> None:
     numeric = [k for k in keys if pd.to_numeric(summary[k], errors="coerce").notna().all()]
     x_key = numeric[0] if numeric else None
-    rest = [k for k in keys if k != x_key]
-    lines = summary.groupby(rest, sort=False) if rest else [((), summary)]
-    for values, part in lines:
-        label = _label(rest, values) or metric
-        mean, std = part[f"{metric}_mean"], part[f"{metric}_std"].fillna(0)
-        if x_key:
-            x = pd.to_numeric(part[x_key])
-        else:
-            x = [_label(keys, tuple(r)) or "all" for r in part[keys].itertuples(index=False)] if keys else ["all"]
-        ax.errorbar(x, mean, yerr=std, marker="o", capsize=3, label=label)
-    if x_key and pd.to_numeric(summary[x_key]).min() > 0 and pd.to_numeric(summary[x_key]).nunique() > 2:
-        ax.set_xscale("log", base=2)
-    ax.set_xlabel(x_key or ", ".join(keys) or "runs")
     ax.set_ylabel(f"{metric} (mean ± std over seeds)")
-    ax.tick_params(axis="x", labelrotation=0 if x_key else 30)
+    ax.grid(alpha=0.3)
+    if x_key is None:  # no numeric key: one point per setting, labelled by its values
+        labels = [", ".join(map(str, r)) for r in summary[keys].itertuples(index=False)] if keys else ["all"]
+        ax.errorbar(range(len(summary)), summary[f"{metric}_mean"], yerr=summary[f"{metric}_std"].fillna(0),
+                    fmt="o", capsize=3)
+        ax.set_xticks(range(len(summary)), labels, rotation=20, ha="right", fontsize=8)
+        ax.set_xlabel(", ".join(keys) or "runs")
+        return
+    rest = [k for k in keys if k != x_key]
+    for values, part in summary.groupby(rest, sort=False) if rest else [((), summary)]:
+        ax.errorbar(pd.to_numeric(part[x_key]), part[f"{metric}_mean"], yerr=part[f"{metric}_std"].fillna(0),
+                    marker="o", capsize=3, label=_label(rest, values) or metric)
+    x = pd.to_numeric(summary[x_key])
+    if x.min() > 0 and x.nunique() > 2:
+        ax.set_xscale("log", base=2)
+    ax.set_xlabel(x_key)
     if rest:
         ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
 
 
 def _plot_curves(ax, frame: pd.DataFrame, keys: list[str], metric: str) -> None:
