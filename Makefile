@@ -7,10 +7,10 @@ PY      = $(BIN)/python
 LAB     = $(BIN)/lstmlab
 STAMP   = $(VENV)/.installed
 
-.PHONY: help install run test adder-reference adder-encodings sin-cos clean
+.PHONY: help install run test adder-reference adder-encodings sin-cos compare sweep-hidden clean
 
 help:
-	@echo "make run | test | install [TORCH=spec] | adder-reference | adder-encodings | sin-cos"
+	@echo "make run | test | install [TORCH=spec] | adder-reference | adder-encodings | sin-cos | compare | sweep-hidden"
 
 # torch is installed first and pinned (a bare `torch` requirement pulls a multi-GB CUDA build);
 # `make install TORCH=...` picks another build, e.g. TORCH="torch --index-url https://download.pytorch.org/whl/cu124".
@@ -41,6 +41,24 @@ adder-encodings: $(STAMP)
 # SPEC.md experiment 2: sin -> cos, writes prediction.png and curves.png into the run directory
 sin-cos: $(STAMP)
 	$(LAB) task=sin_cos $(ARGS)
+
+# SPEC.md experiment 3: torch_lstm, bidirectional torch_lstm, hand_lstm, bidirectional hand_lstm
+# on the adder, same seeds, one table (a CPU-sized adder: 2,000 training pairs, 3 epochs).
+# Running it again into the same directory only runs the jobs that have not finished.
+SMALL_ADDER = task=adder task.train_size=2000 task.test_size=1000 task.eval_size=500 \
+              trainer.max_epochs=3 trainer.target_metric=null trainer.progress=false
+compare: $(STAMP)
+	$(LAB) -m model=torch_lstm,hand_lstm model.bidirectional=false,true seed=0,1,2 $(SMALL_ADDER) \
+	  hydra.sweep.dir=multirun/compare $(ARGS); status=$$?; \
+	$(BIN)/lstmlab-report multirun/compare --metrics exhaustive_acc,test_loss,params,sec_per_epoch --plot \
+	  && exit $$status
+
+# accuracy and time vs hidden size on the adder
+sweep-hidden: $(STAMP)
+	$(LAB) -m model.hidden_size=4,8,16,32 seed=0,1,2 $(SMALL_ADDER) \
+	  hydra.sweep.dir=multirun/sweep_hidden $(ARGS); status=$$?; \
+	$(BIN)/lstmlab-report multirun/sweep_hidden --metrics exhaustive_acc,acc_32bit,test_loss,params,sec_per_epoch \
+	  --plot && exit $$status
 
 clean:
 	rm -rf $(VENV) outputs/* multirun

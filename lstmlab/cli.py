@@ -14,11 +14,12 @@ import hydra
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from . import checkpoint, interrupts
+from . import checkpoint, interrupts, sweep
 from .errors import LabError, one_line
 from .models import SequenceModel
 from .results import RunRecorder
@@ -66,12 +67,14 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> d
     params = sum(p.numel() for p in net.parameters())
     log.info("task %s | model %s | %d parameters | device %s", type(task).__name__, rnn, params, trainer.device)
 
-    recorder = RunRecorder(run_dir, config=config, history=resumed.history if resumed else (),
-                           monitor=trainer.monitor or task.monitor)
+    monitor, mode = trainer.monitor_of(task)
+    about = {"params": params, "device": str(trainer.device), "threads": torch.get_num_threads(),
+             "monitor": monitor, "monitor_mode": mode}
+    recorder = RunRecorder(run_dir, config=config, history=resumed.history if resumed else (), monitor=monitor)
     if resumed:
         recorder.clear_result()
         log.info("resuming from %s after epoch %d", resumed.path, resumed.state.epoch)
-    stopped = _Stopped(recorder, config, params, str(trainer.device), resumed, overrides or [])
+    stopped = _Stopped(recorder, config, about, resumed, overrides or [])
     try:
         fit = trainer.fit(net, task, start=resumed.state if resumed else None,
                           on_checkpoint=lambda state: _end_epoch(recorder, state))
@@ -87,8 +90,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> d
         recorder.flush_metrics()
         write_plots(run_dir, task, trainer.predictor(net))
         final = _final_metrics(fit.metrics)
-        summary = final | _run_columns(fit.epochs, fit.stop_reason, params, fit.train_seconds, str(trainer.device),
-                                       "finished")
+        summary = final | _run_columns(fit.epochs, fit.stop_reason, fit.train_seconds, "finished", about)
         recorder.write_result(config, summary)
     print(" | ".join(f"{k} {_fmt(v)}" for k, v in final.items()))
     print(f"stopped after {fit.epochs} epochs ({fit.stop_reason})")
@@ -110,23 +112,25 @@ def _final_metrics(row: dict) -> dict:
     return {k: v for k, v in row.items() if k not in ("epoch", "step", "seconds")}
 
 
-def _run_columns(epochs, stop_reason, params, train_seconds, device, status) -> dict:
-    return {"epochs": epochs, "stop_reason": stop_reason, "params": params,
-            "train_seconds": round(train_seconds, 3), "device": device, "status": status}
+def _run_columns(epochs, stop_reason, train_seconds, status, about: dict) -> dict:
+    """result.csv's columns after the metrics; ``about``: params, device, threads, monitor, monitor_mode."""
+    return {"epochs": epochs, "stop_reason": stop_reason, "params": about["params"],
+            "train_seconds": round(train_seconds, 3), **{k: v for k, v in about.items() if k != "params"},
+            "status": status}
 
 
 class _Stopped:
     """Writes result.csv and says what happened when a run stops before it finishes."""
 
-    def __init__(self, recorder, config, params, device, resumed, overrides) -> None:
-        self.recorder, self.config, self.params, self.device = recorder, config, params, device
+    def __init__(self, recorder, config, about, resumed, overrides) -> None:
+        self.recorder, self.config, self.about = recorder, config, about
         self.resumed, self.overrides = resumed, overrides
 
     def _write(self, status: str) -> dict:
         rows = self.recorder.rows
         last = rows[-1] if rows else {}
-        summary = _final_metrics(last) | _run_columns(last.get("epoch", 0), status, self.params,
-                                                      last.get("seconds", 0.0), self.device, status)
+        summary = _final_metrics(last) | _run_columns(last.get("epoch", 0), status, last.get("seconds", 0.0),
+                                                      status, self.about)
         self.recorder.write_result(self.config, summary)
         return summary
 
@@ -197,15 +201,23 @@ def _fmt(value) -> str:
 
 @hydra.main(version_base="1.3", config_path="pkg://lstmlab.conf", config_name="config")
 def app(cfg: DictConfig) -> float | None:
+    """Trains one configuration; returns the monitored metric (the objective for sweepers).
+
+    In a multirun a failing job is recorded (``status=failed``) instead of ending the sweep,
+    and a job that finished in an earlier run of the same sweep is not run again.
+    """
     hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    overrides = list(hydra_cfg.overrides.task)
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        return sweep.run_job(cfg, run_dir, lambda c, d: run(c, d, overrides=overrides), launcher=hydra_cfg.launcher)
     try:
-        summary = run(cfg, Path(hydra_cfg.runtime.output_dir), overrides=list(hydra_cfg.overrides.task))
+        summary = run(cfg, run_dir, overrides=overrides)
     except Exception as exc:
         if _is_bad_input(exc) and not _FULL_TRACE:
             raise _BadInput(exc) from exc  # past Hydra's job runner, which would print its own line
         raise
-    monitor = cfg.trainer.monitor
-    return summary.get(monitor) if monitor else None
+    return sweep.objective(summary)
 
 
 class _BadInput(BaseException):
@@ -222,7 +234,8 @@ _FULL_TRACE = False  # HYDRA_FULL_ERROR=1 was set by the user: let every error r
 def main() -> None:
     """Console entry point: Hydra's app, with bad input reported in one line (exit 2).
 
-    Exit codes: 0 finished, 1 a run diverged, 2 bad input, 130 / 143 interrupted by SIGINT / SIGTERM.
+    Exit codes: 0 finished, 1 a run diverged or a sweep job failed, 2 bad input, 130 / 143 interrupted
+    by SIGINT / SIGTERM.
     """
     register_configs()
     interrupts.install()
@@ -236,15 +249,18 @@ def main() -> None:
         print(f"lstmlab: error: {one_line(exc.error)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt as exc:
+        sweep.close_open_sweep(interrupted=True)
         if not getattr(exc, "reported", False):
             _say("interrupted before training started")
         sys.exit(interrupts.exit_code(exc))
     except Exception as exc:  # noqa: BLE001 - the one place that turns errors into a message
+        sweep.close_open_sweep(interrupted=False)
         if full_trace or not _is_bad_input(exc):
             raise
         print(f"lstmlab: error: {one_line(exc)}", file=sys.stderr)
         sys.exit(2)
-    if _DIVERGED:
+    outcome = sweep.last_outcome()
+    if _DIVERGED or (outcome is not None and len(outcome.failed)):
         sys.exit(1)
 
 

@@ -12,6 +12,10 @@ A run directory holds:
 - ``last.pt``: a checkpoint at the end of every epoch, to resume from (``trainer.resume``);
   ``best.pt``: the same, from the epoch where the monitored metric was best so far.
   Their format is defined in ``lstmlab/checkpoint.py``.
+
+A job of a sweep that fails writes ``result.csv`` with ``status=failed`` and ``error`` (one
+line) and ``traceback.txt``, no ``model.pt``. A sweep directory gets ``results.csv``: one row
+per job (``lstmlab/sweep.py`` builds it).
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ from .checkpoint import TrainState
 METRICS_FILE = "metrics.csv"
 RESULT_FILE = "result.csv"
 MODEL_FILE = "model.pt"
+RESULTS_FILE = "results.csv"
+TRACEBACK_FILE = "traceback.txt"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -69,6 +75,38 @@ def torch_bytes(obj: Any) -> bytes:
 
 def atomic_torch_save(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, torch_bytes(obj))
+
+
+def read_result(run_dir: Path | str) -> dict | None:
+    """The row of ``run_dir/result.csv`` as a dict, or None when there is none (yet)."""
+    path = Path(run_dir) / RESULT_FILE
+    try:
+        frame = pd.read_csv(path)
+    except (FileNotFoundError, pd.errors.EmptyDataError):
+        return None
+    return frame.iloc[0].to_dict() if len(frame) else None
+
+
+def as_csv_text(row: Mapping[str, Any]) -> dict[str, str]:
+    """Each value as the text result.csv holds for it (to compare a config with a stored row)."""
+    text = pd.DataFrame([dict(row)]).to_csv(index=False)
+    return pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False).iloc[0].to_dict()
+
+
+def stored_as_text(run_dir: Path | str) -> dict[str, str] | None:
+    """``result.csv``'s row as raw text values, or None when there is none."""
+    try:
+        frame = pd.read_csv(Path(run_dir) / RESULT_FILE, dtype=str, keep_default_na=False)
+    except (FileNotFoundError, pd.errors.EmptyDataError):
+        return None
+    return frame.iloc[0].to_dict() if len(frame) else None
+
+
+def write_results(sweep_dir: Path | str, frame: pd.DataFrame) -> Path:
+    """A sweep's ``results.csv`` (one row per job), written atomically."""
+    path = Path(sweep_dir) / RESULTS_FILE
+    atomic_write_csv(path, frame)
+    return path
 
 
 def flatten_config(config: Mapping, prefix: str = "") -> dict[str, Any]:
@@ -140,6 +178,17 @@ class RunRecorder:
         """The run's one-row summary: flattened config, then the summary's columns."""
         self.flush_metrics()
         row = flatten_config(config) | dict(summary)
+        path = self.run_dir / RESULT_FILE
+        atomic_write_csv(path, pd.DataFrame([row]))
+        return path
+
+    def write_failed(self, config: Mapping, error: str, traceback: str = "") -> Path:
+        """A failed run: ``result.csv`` with ``status=failed`` and the one-line ``error``."""
+        self.flush_metrics()
+        (self.run_dir / MODEL_FILE).unlink(missing_ok=True)
+        if traceback:
+            atomic_write_bytes(self.run_dir / TRACEBACK_FILE, traceback.encode())
+        row = flatten_config(config) | {"status": "failed", "error": error}
         path = self.run_dir / RESULT_FILE
         atomic_write_csv(path, pd.DataFrame([row]))
         return path

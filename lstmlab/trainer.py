@@ -113,8 +113,7 @@ class Trainer:
         :class:`TrainState` at each epoch's end (to save it); ``start`` is such a state to go
         on from, exactly where it stopped. A NaN or infinite loss raises :class:`Diverged`.
         """
-        monitor = self.monitor or task.monitor
-        mode = self.mode or (task.monitor_mode if monitor == task.monitor else "min")
+        monitor, mode = self.monitor_of(task)
         if self.num_threads:
             torch.set_num_threads(self.num_threads)
         net.to(self.device)
@@ -155,6 +154,11 @@ class Trainer:
                     break
         result.train_seconds = time.perf_counter() - begin
         return result
+
+    def monitor_of(self, task: Task) -> tuple[str, str]:
+        """The metric to watch and its mode (max | min): the trainer's if set, else the task's."""
+        monitor = self.monitor or task.monitor
+        return monitor, self.mode or (task.monitor_mode if monitor == task.monitor else "min")
 
     def _train_epoch(self, net, task, optimizer, generator, bar, epoch: int, step: int) -> tuple[float, int]:
         """One pass over the training data; returns the mean loss and the global step reached."""

@@ -1,0 +1,105 @@
+"""lstmlab-report: grouping by swept keys, mean ± std over seeds, the best row, half-finished sweeps."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import ROOT
+
+from lstmlab.report import format_frame, main, summarise, to_markdown
+
+REPORT = Path(sys.executable).parent / "lstmlab-report"
+
+
+def rows(**columns) -> pd.DataFrame:
+    frame = pd.DataFrame(columns)
+    frame["monitor"], frame["monitor_mode"] = "acc", "max"
+    return frame
+
+
+def sweep_frame() -> pd.DataFrame:
+    """hidden 4 and 16 over seeds 0, 1 (hidden 16 seed 1 failed), hidden 8 over seeds 0, 1."""
+    hidden = [4, 4, 8, 8, 16, 16]
+    seeds = [0, 1] * 3
+    return rows(
+        job=range(6),
+        status=["finished"] * 5 + ["failed"],
+        overrides=[f"model.hidden_size={h} seed={s}" for h, s in zip(hidden, seeds)],
+        **{"model.hidden_size": hidden, "seed": seeds},
+        acc=[0.5, 0.7, 0.9, 0.8, 0.6, math.nan],
+        test_loss=[0.3, 0.1, 0.05, 0.07, 0.2, math.nan],
+        params=[133, 133, 393, 393, 1297, 1297],
+        epochs=[2, 2, 4, 4, 2, math.nan],
+        train_seconds=[1.0, 3.0, 4.0, 4.0, 2.0, math.nan],
+    )
+
+
+def test_groups_by_swept_keys_with_mean_and_std_over_seeds():
+    summary, keys, metrics = summarise(sweep_frame())
+    assert keys == ["model.hidden_size"]
+    assert metrics == ["acc", "test_loss", "params", "sec_per_epoch"]
+    assert list(summary["model.hidden_size"]) == ["4", "8", "16"]  # numeric order, not text order
+    assert list(summary["runs"]) == [2, 2, 1] and list(summary["failed"]) == [0, 0, 1]
+    assert summary["acc_mean"].tolist() == pytest.approx([0.6, 0.85, 0.6])
+    assert math.isclose(summary.loc[0, "acc_std"], math.sqrt(0.02))  # sample std of 0.5, 0.7
+    assert math.isnan(summary.loc[2, "acc_std"])  # one finished seed: no spread
+    assert summary["sec_per_epoch_mean"].tolist() == [1.0, 1.0, 1.0]
+    assert summary["best"].tolist() == [False, True, False]
+
+
+def test_best_row_follows_the_monitor_mode():
+    frame = sweep_frame()
+    frame["monitor"], frame["monitor_mode"] = "test_loss", "min"
+    summary, _, metrics = summarise(frame)
+    assert metrics[0] == "test_loss"
+    assert summary["best"].tolist() == [False, True, False]  # 0.06 mean loss at hidden 8
+
+
+def test_table_cells_and_markdown():
+    summary, keys, metrics = summarise(sweep_frame())
+    cells = format_frame(summary, keys, metrics)
+    assert list(cells.columns) == ["model.hidden_size", "runs", "failed", "acc", "test_loss",
+                                   "params", "sec_per_epoch", "best"]
+    assert cells.loc[1, "acc"] == "0.85 ± 0.071" and cells.loc[1, "best"] == "*"
+    assert cells.loc[2, "acc"] == "0.6" and cells.loc[2, "params"] == "1297"
+    markdown = to_markdown(cells).splitlines()
+    assert markdown[0].startswith("| model.hidden_size | runs | failed | acc |")
+    assert markdown[3] == "| 8 | 2 | 0 | 0.85 ± 0.071 | 0.06 ± 0.014 | 393 | 1 ± 0 | * |"
+
+
+def test_two_swept_keys_and_no_swept_key():
+    frame = rows(
+        status=["finished"] * 4,
+        overrides=["model=torch_lstm model.bidirectional=false", "model=torch_lstm model.bidirectional=true",
+                   "model=hand_lstm model.bidirectional=false", "model=hand_lstm model.bidirectional=true"],
+        **{"model.bidirectional": [False, True, False, True]},
+        acc=[0.1, 0.2, 0.3, 0.4],
+    )
+    summary, keys, _ = summarise(frame)
+    assert keys == ["model", "model.bidirectional"] and len(summary) == 4
+    summary, keys, _ = summarise(frame.assign(overrides="seed=0"))
+    assert keys == [] and summary["runs"].tolist() == [4] and summary["acc_mean"].item() == 0.25
+
+
+def test_report_on_a_half_finished_sweep(interrupted, tmp_path):
+    _, sweep_dir = interrupted
+    proc = subprocess.run([str(REPORT), str(sweep_dir), "--out", str(tmp_path / "r"), "--plot"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "incomplete" in proc.stdout.splitlines()[0]
+    table = pd.read_csv(tmp_path / "r.csv")
+    assert table[["runs", "incomplete"]].values.tolist() == [[1, 1]]
+    assert (tmp_path / "r.md").read_text().startswith("| runs | incomplete | exhaustive_acc |")
+    assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_report_on_a_missing_path(tmp_path, capsys):
+    assert main([str(tmp_path / "nope")]) == 2
+    assert capsys.readouterr().err == f"lstmlab-report: error: {tmp_path / 'nope'}: no such file or directory\n"
+    assert main([str(tmp_path)]) == 2
+    assert "no runs found" in capsys.readouterr().err

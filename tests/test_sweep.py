@@ -1,0 +1,108 @@
+"""Sweeps end to end: failed jobs are recorded, launchers agree, an interrupted sweep resumes."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pandas as pd
+import pytest
+from conftest import LAB, ROOT, results, sweep
+
+from lstmlab.sweep import job_threads, parse_overrides
+
+# columns that differ between two runs of the same jobs: timings, and where the job ran
+VOLATILE = ["train_seconds", "threads"]
+
+@pytest.fixture(scope="module")
+def basic(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
+    """model.hidden_size=0,8 with Hydra's basic launcher: job 0 fails, job 1 finishes."""
+    sweep_dir = tmp_path_factory.mktemp("basic")
+    return sweep(sweep_dir, "model.hidden_size=0,8"), sweep_dir
+
+
+def test_a_failed_job_is_recorded_and_the_others_run(basic):
+    proc, sweep_dir = basic
+    assert proc.returncode == 1
+    table = results(sweep_dir)
+    assert list(table["job"]) == [0, 1]
+    assert list(table["status"]) == ["failed", "finished"]
+    assert table.loc[0, "error"] == "model.hidden_size=0: expected a number >= 1"
+    assert table.loc[0, "overrides"].startswith("model.hidden_size=0 ")
+    assert table.loc[1, "model.hidden_size"] == 8 and table.loc[1, "epochs"] == 1
+    assert not (sweep_dir / "0" / "model.pt").exists() and (sweep_dir / "1" / "model.pt").exists()
+    assert (sweep_dir / "0" / "traceback.txt").read_text().startswith("Traceback")
+    # the end of the output names the failed job and its error, without a traceback
+    assert "job 0 [model.hidden_size=0]: model.hidden_size=0: expected a number >= 1" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "1 finished, 1 failed" in proc.stdout
+
+
+@pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
+def test_parallel_launchers_give_the_same_table(basic, tmp_path, launcher):
+    _, basic_dir = basic
+    proc = sweep(tmp_path, "model.hidden_size=0,8", f"hydra/launcher={launcher}")
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    expected, got = results(basic_dir), results(tmp_path)
+    pd.testing.assert_frame_equal(got.drop(columns=VOLATILE), expected.drop(columns=VOLATILE))
+
+
+def test_an_interrupted_sweep_keeps_the_finished_jobs(interrupted):
+    proc, sweep_dir = interrupted
+    assert proc.returncode == 130
+    table = results(sweep_dir)
+    assert list(table["status"]) == ["finished", "incomplete"]
+    assert list(table["seed"]) == [0, 1]
+    assert not list(sweep_dir.glob("*.tmp"))
+
+
+def test_rerunning_an_interrupted_sweep_runs_only_the_missing_jobs(interrupted, tmp_path):
+    _, source = interrupted
+    sweep_dir = tmp_path / "sweep"
+    shutil.copytree(source, sweep_dir)
+    first = (sweep_dir / "0" / "result.csv").read_text()
+    proc = sweep(sweep_dir, "seed=0,1,2", "model.hidden_size=4")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("not run again") == 1
+    assert f"not run again: {sweep_dir / '0'}" in proc.stdout
+    assert (sweep_dir / "0" / "result.csv").read_text() == first
+    table = results(sweep_dir)
+    assert list(table["status"]) == ["finished"] * 3
+    assert list(table["seed"]) == [0, 1, 2]
+
+
+def test_optuna_sweeper_uses_the_returned_objective(tmp_path):
+    proc = sweep(tmp_path, "hparams_search=adder_optuna", "hydra.sweeper.n_trials=2")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = results(tmp_path)
+    assert list(table["status"]) == ["finished", "finished"]
+    assert set(table["monitor"]) == {"test_loss"}
+    best = (tmp_path / "optimization_results.yaml").read_text()
+    assert f"best_value: {table['test_loss'].min()}" in best
+
+
+def test_slurm_launcher_config_composes():
+    proc = subprocess.run([str(LAB), "hydra/launcher=slurm", "hydra.launcher.partition=gpu",
+                           "--cfg", "hydra", "-p", "hydra.launcher"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "SlurmLauncher" in proc.stdout and "partition: gpu" in proc.stdout
+    assert "gpus_per_node: 1" in proc.stdout and "timeout_min: 60" in proc.stdout
+
+
+@pytest.mark.parametrize("launcher, cores, threads", [
+    ({"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", "n_jobs": 2}, 2, 1),
+    ({"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", "n_jobs": 2}, 16, 8),
+    ({"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", "n_jobs": -1}, 16, 1),
+    ({"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", "n_jobs": 4}, 2, 1),
+    ({"_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher", "cpus_per_task": 4}, 64, 4),
+    ({"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"}, 16, 0),
+])
+def test_parallel_jobs_share_the_cores(launcher, cores, threads):
+    assert job_threads(launcher, cores) == threads
+
+
+def test_parse_overrides():
+    assert parse_overrides("model=torch_lstm model.hidden_size=8 +x=1 'task.eval_bits=[16, 32]'") == {
+        "model": "torch_lstm", "model.hidden_size": "8", "x": "1", "task.eval_bits": "[16, 32]"}
+    assert parse_overrides(float("nan")) == {}
