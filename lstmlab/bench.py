@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -36,7 +36,7 @@ class Row:
     ms: float | None  # per batch, forward + backward; None = not available
     steps: int
     flops: float  # forward + backward matmul FLOPs of one batch
-    base_ms: float | None = None  # the nn.LSTM row this one is compared with
+    base_ms: float | None  # the case's first row (nn.LSTM), which this one is compared with
 
     def cells(self) -> list[str]:
         if self.ms is None:
@@ -106,7 +106,7 @@ def hand_lstms(reference: nn.LSTM, device) -> dict[str, HandLSTM | None]:
     return models
 
 
-def fixed_length_rows(name, size, args, device) -> list[Row]:
+def fixed_length_rows(name, size, args, device) -> Iterator[Row]:
     batch, steps, inputs, hidden = size
     torch.manual_seed(0)
     x = torch.randn(batch, steps, inputs, device=device, requires_grad=True)
@@ -115,17 +115,18 @@ def fixed_length_rows(name, size, args, device) -> list[Row]:
     models: dict[str, tuple[nn.Module | None, float]] = {"nn.LSTM": (reference, lstm_flops)}
     models |= {label: (m, lstm_flops) for label, m in hand_lstms(reference, device).items()}
     models["hand_rnn"] = (HandRNN(inputs, hidden, batch_first=True).to(device), lstm_flops / 4)
-    rows = []
+    base = None
     for label, (model, flops) in models.items():
         ms = None if model is None else best_ms(train_step(model, x), args.repeat, args.warmup, device)
-        rows.append(Row(f"{name} ({batch}×{steps}, {inputs}→{hidden})", label, ms, steps, flops))
-    for row in rows:
-        row.base_ms = rows[0].ms
-    return rows
+        base = ms if base is None else base
+        yield Row(f"{name} ({batch}×{steps}, {inputs}→{hidden})", label, ms, steps, flops, base)
 
 
-def variable_length_rows(size, args, device) -> tuple[list[Row], list[str]]:
-    """nn.LSTM on a PackedSequence, nn.LSTM on the padded batch, HandLSTM with lengths."""
+def variable_length_rows(size, args, device, checks: list[str]) -> Iterator[Row]:
+    """nn.LSTM on a PackedSequence, nn.LSTM on the padded batch, HandLSTM with lengths.
+
+    Appends to ``checks`` how far each HandLSTM's outputs and final states are from the packed run.
+    """
     batch, inputs, hidden, shortest, longest = size
     generator = torch.Generator().manual_seed(0)
     lengths = torch.randint(shortest, longest + 1, (batch,), generator=generator)
@@ -145,14 +146,12 @@ def variable_length_rows(size, args, device) -> tuple[list[Row], list[str]]:
         ("nn.LSTM, padded (wrong final states)", reference, x_padded, {}),
     ]
     candidates += [(f"{label}, lengths", m, x_padded, {"lengths": lengths.to(device)}) for label, m in hand_lstms(reference, device).items()]
-    rows = []
+    base = None
     for label, model, data, kwargs in candidates:
         ms = None if model is None else best_ms(train_step(model, data, **kwargs), args.repeat, args.warmup, device)
-        rows.append(Row(case, label, ms, steps, flops))
-    for row in rows:
-        row.base_ms = rows[0].ms
+        base = ms if base is None else base
+        yield Row(case, label, ms, steps, flops, base)
 
-    checks = []
     with torch.no_grad():
         out_ref, (h_ref, c_ref) = reference(packed)
         out_ref, _ = pad_packed_sequence(out_ref, batch_first=True, total_length=steps)
@@ -164,7 +163,6 @@ def variable_length_rows(size, args, device) -> tuple[list[Row], list[str]]:
             checks.append(f"{label}: max |difference| from nn.LSTM on the PackedSequence (outputs, h_n, c_n) = {diff:.2e}")
         _, (h_pad, _) = reference(x_padded)
         checks.append(f"nn.LSTM padded: max |difference| of h_n from the packed run = {(h_pad - h_ref).abs().max().item():.2e}")
-    return rows, checks
 
 
 def square_matmul_gflops(device, n: int, repeat: int) -> float:
@@ -174,11 +172,11 @@ def square_matmul_gflops(device, n: int, repeat: int) -> float:
     return 2 * n**3 / (ms / 1e3) / 1e9
 
 
-def markdown(rows: list[Row]) -> str:
-    head = ["case", "model", "ms/batch (fwd+bwd)", "ms/step", "× nn.LSTM", "GFLOP/s"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(row.cells()) + " |" for row in rows]
-    return "\n".join(lines)
+HEADER = ["case", "model", "ms/batch (fwd+bwd)", "ms/step", "× nn.LSTM", "GFLOP/s"]
+
+
+def markdown_line(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -211,15 +209,18 @@ def main(argv=None) -> None:
     where = f"{torch.get_num_threads()} threads" if device.type == "cpu" else torch.cuda.get_device_name(device)
     print(f"# lstmlab.bench: torch {torch.__version__}, {device.type} ({where}), best of {args.repeat}")
     print(f"machine: square fp32 matmul {gflops:.1f} GFLOP/s\n")
-    rows = [row for name in names if name in SIZES for row in fixed_length_rows(name, sizes[name], args, device)]
-    checks = []
-    if "variable" in names:
-        variable_rows, checks = variable_length_rows(QUICK_VARIABLE if args.quick else VARIABLE, args, device)
-        rows += variable_rows
-    print(markdown(rows))
+    print(markdown_line(HEADER))
+    print("|" + "---|" * len(HEADER))
+    checks: list[str] = []
+    for name in names:
+        if name == "variable":
+            rows = variable_length_rows(QUICK_VARIABLE if args.quick else VARIABLE, args, device, checks)
+        else:
+            rows = fixed_length_rows(name, sizes[name], args, device)
+        for row in rows:
+            print(markdown_line(row.cells()), flush=True)
     if checks:
         print("\n" + "\n".join(checks))
-
 
 if __name__ == "__main__":
     main()
