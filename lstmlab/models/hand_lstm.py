@@ -10,8 +10,8 @@ a padded batch with ``lengths``.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
+from .matmul import linear, project, transposed
 from .stacked import StackedRecurrent
 
 
@@ -26,12 +26,13 @@ def lstm_direction(x, h, c, w_ih, w_hh, b_ih, b_hh, mask=None):
     """
     hidden = h.shape[1]
     bias = None if b_ih is None else b_ih + b_hh
-    xw = F.linear(x, w_ih, bias)  # W x_t + b for every t in one matmul: (B, T, 4H)
-    u_t = w_hh.t()
+    xw = project(x, w_ih, bias)  # W x_t + b for every t in one matmul: (B, T, 4H)
+    u_t = transposed(w_hh, h.shape[0])
     outs = []
-    # unbind, not x[:, t]: a slice's backward writes a full-size zero gradient per step (O(T²))
-    for t, xw_t in enumerate(xw.unbind(1)):
-        gates = torch.addmm(xw_t, h, u_t)  # W x_t + U h_{t-1} + b, all four gates: (B, 4H)
+    # unbind (of a time-major copy), not x[:, t]: the backward of a slice writes a zero
+    # gradient the size of the whole sequence per step (O(T²) memory traffic)
+    for t, xw_t in enumerate(xw.transpose(0, 1).contiguous().unbind(0)):
+        gates = linear(h, w_hh, u_t, xw_t)  # W x_t + U h_{t-1} + b, all four gates: (B, 4H)
         i, f, _, o = torch.sigmoid(gates).chunk(4, 1)  # i_t, f_t, o_t = σ(W x_t + U h_{t-1} + b)
         g = torch.tanh(gates[:, 2 * hidden : 3 * hidden])  # g_t = tanh(W_g x_t + U_g h_{t-1} + b_g)
         c_new = torch.addcmul(f * c, i, g)  # c_t = f_t ⊙ c_{t-1} + i_t ⊙ g_t

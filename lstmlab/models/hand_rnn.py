@@ -12,8 +12,8 @@ The read-out y_t = σ(V h_t) of the notes is the network's head (:class:`Sequenc
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
+from .matmul import linear, project, transposed
 from .stacked import StackedRecurrent
 
 NONLINEARITIES = {"tanh": torch.tanh, "relu": torch.relu}
@@ -26,11 +26,11 @@ def rnn_direction(x, h, w_ih, w_hh, b_ih, b_hh, mask=None, activation=torch.tanh
     the output is 0. Returns out (B, T, H) and h_T.
     """
     bias = None if b_ih is None else b_ih + b_hh
-    xw = F.linear(x, w_ih, bias)  # W x_t + b for every t in one matmul: (B, T, H)
-    u_t = w_hh.t()
+    xw = project(x, w_ih, bias)  # W x_t + b for every t in one matmul: (B, T, H)
+    u_t = transposed(w_hh, h.shape[0])
     outs = []
-    for t, xw_t in enumerate(xw.unbind(1)):  # unbind, not x[:, t] (see lstm_direction)
-        h_new = activation(torch.addmm(xw_t, h, u_t))  # h_t = tanh(W x_t + U h_{t-1} + b)
+    for t, xw_t in enumerate(xw.transpose(0, 1).contiguous().unbind(0)):  # unbind, not x[:, t] (see lstm_direction)
+        h_new = activation(linear(h, w_hh, u_t, xw_t))  # h_t = tanh(W x_t + U h_{t-1} + b)
         if mask is None:
             h = h_new
             outs.append(h)

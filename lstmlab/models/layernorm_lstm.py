@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .hand_lstm import HandLSTM
+from .matmul import linear, project, transposed
 
 EPS = 1e-5  # as nn.LayerNorm
 
@@ -31,11 +32,11 @@ def layernorm_lstm_direction(x, h, c, w_ih, w_hh, b_ih, b_hh, gate_w, gate_b, ce
     """
     hidden = h.shape[1]
     bias = None if b_ih is None else b_ih + b_hh
-    xw = F.linear(x, w_ih, bias)  # W x_t + b for every t in one matmul: (B, T, 4H)
-    u_t = w_hh.t()
+    xw = project(x, w_ih, bias)  # W x_t + b for every t in one matmul: (B, T, 4H)
+    u_t = transposed(w_hh, h.shape[0])
     outs = []
-    for t, xw_t in enumerate(xw.unbind(1)):
-        gates = torch.addmm(xw_t, h, u_t)  # a_t = W x_t + U h_{t-1} + b, all four gates
+    for t, xw_t in enumerate(xw.transpose(0, 1).contiguous().unbind(0)):
+        gates = linear(h, w_hh, u_t, xw_t)  # a_t = W x_t + U h_{t-1} + b, all four gates
         # 4 groups of H units = a LayerNorm of each gate's pre-activation, with its own gain/shift
         gates = F.group_norm(gates, 4, gate_w, gate_b, EPS)  # LN_i(a_i), LN_f(a_f), LN_g(a_g), LN_o(a_o)
         i, f, _, o = torch.sigmoid(gates).chunk(4, 1)  # i_t, f_t, o_t = σ(LN(a))
