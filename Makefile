@@ -7,10 +7,10 @@ PY      = $(BIN)/python
 LAB     = $(BIN)/lstmlab
 STAMP   = $(VENV)/.installed
 
-.PHONY: help install run test adder-reference adder-encodings sin-cos compare sweep-hidden clean
+.PHONY: help install run test bench adder-reference adder-encodings sin-cos compare sweep-hidden clean
 
 help:
-	@echo "make run | test | install [TORCH=spec] | adder-reference | adder-encodings | sin-cos | compare | sweep-hidden"
+	@echo "make run | test | bench | install [TORCH=spec] | adder-reference | adder-encodings | sin-cos | compare | sweep-hidden"
 
 # torch is installed first and pinned (a bare `torch` requirement pulls a multi-GB CUDA build);
 # `make install TORCH=...` picks another build, e.g. TORCH="torch --index-url https://download.pytorch.org/whl/cu124".
@@ -29,6 +29,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# forward+backward time of the hand-built layers against nn.LSTM; BENCH_ARGS="--device cuda" etc.
+bench: $(STAMP)
+	$(PY) -m lstmlab.bench $(BENCH_ARGS)
 
 adder-reference: $(STAMP)
 	$(LAB) experiment=adder_reference $(ARGS)

@@ -67,6 +67,21 @@ class TorchLSTMConf(ModelConf):
     _target_: str = "torch.nn.LSTM"
 
 
+@dataclass
+class HandRNNConf(ModelConf):
+    _target_: str = "lstmlab.models.HandRNN"
+    nonlinearity: str = "tanh"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _one_of("model.nonlinearity", self.nonlinearity, ("tanh", "relu"))
+
+
+@dataclass
+class LayerNormLSTMConf(ModelConf):
+    _target_: str = "lstmlab.models.LayerNormLSTM"
+
+
 # ---------------------------------------------------------------- task
 @dataclass
 class AdderConf:
@@ -151,7 +166,12 @@ class TrainerConf:
 
 
 SCHEMAS = {
-    "model": {"hand_lstm": HandLSTMConf, "torch_lstm": TorchLSTMConf},
+    "model": {
+        "hand_lstm": HandLSTMConf,
+        "torch_lstm": TorchLSTMConf,
+        "hand_rnn": HandRNNConf,
+        "layernorm_lstm": LayerNormLSTMConf,
+    },
     "task": {"adder": AdderConf, "sin_cos": SinCosConf},
     "trainer": {"default": TrainerConf},
 }

@@ -52,7 +52,8 @@ class SequenceModel(nn.Module):
         x = inputs
         if self.embedding is not None:
             x = self.embedding_dropout(self.embedding(x))
-        output, (h_n, _) = self._run_rnn(x, lengths)
+        output, state = self._run_rnn(x, lengths)
+        h_n = state[0] if isinstance(state, tuple) else state  # (h_n, c_n) of an LSTM, h_n of an RNN
         if self.readout == "every_step":
             return self.head(self.output_dropout(output))
         if self.readout == "last_step":
@@ -64,7 +65,7 @@ class SequenceModel(nn.Module):
         return self.head(self.output_dropout(_mean_max_pool(output, lengths)))
 
     def _run_rnn(self, x: Tensor, lengths: Tensor | None):
-        """Runs the recurrent layer on batch-first x; returns batch-first output and (h_n, c_n)."""
+        """Runs the recurrent layer on batch-first x; returns batch-first output and its state."""
         batch_first = getattr(self.rnn, "batch_first", True)
         if lengths is not None and not getattr(self.rnn, "accepts_lengths", False):
             packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)

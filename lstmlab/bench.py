@@ -1,0 +1,227 @@
+"""Forward+backward time per batch of the hand-built layers against torch.nn.LSTM.
+
+    python -m lstmlab.bench [--device cpu|cuda] [--threads 2] [--repeat 5] [--sizes adder,imdb,large,variable] [--quick]
+
+Every model gets the same input and, for the LSTMs, the same weights (nn.LSTM's state_dict
+loaded into HandLSTM). Each row is the best of ``--repeat`` timed batches after warm-up.
+GFLOP/s counts the matmuls only: 2·B·T·G·H·(I+H) forward (G = 4 gates for an LSTM, 1 for
+the RNN), ×3 for forward and backward, ×2 when bidirectional. Prints markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from .models import HandLSTM, HandRNN
+
+# name: (batch, steps, input, hidden)
+SIZES = {"adder": (64, 8, 2, 16), "imdb": (64, 200, 100, 256), "large": (32, 100, 512, 512)}
+QUICK_SIZES = {"adder": (4, 3, 2, 4), "imdb": (4, 5, 6, 8), "large": (2, 4, 8, 8)}
+# batch, input, hidden, shortest, longest (bidirectional)
+VARIABLE = (64, 100, 128, 200, 400)
+QUICK_VARIABLE = (4, 6, 8, 3, 7)
+
+
+@dataclass
+class Row:
+    case: str
+    model: str
+    ms: float | None  # per batch, forward + backward; None = not available
+    steps: int
+    flops: float  # forward + backward matmul FLOPs of one batch
+    base_ms: float | None  # the case's first row (nn.LSTM), which this one is compared with
+
+    def cells(self) -> list[str]:
+        if self.ms is None:
+            return [self.case, self.model, "n/a", "n/a", "n/a", "n/a"]
+        ratio = f"{self.ms / self.base_ms:.2f}×" if self.base_ms else "—"
+        gflops = self.flops / (self.ms / 1e3) / 1e9
+        return [self.case, self.model, f"{self.ms:.2f}", f"{self.ms / self.steps:.3f}", ratio, f"{gflops:.1f}"]
+
+
+def matmul_flops(batch, steps, inputs, hidden, gates=4, directions=1) -> float:
+    return 3 * directions * 2 * batch * steps * gates * hidden * (inputs + hidden)
+
+
+def best_ms(fn: Callable[[], None], repeat: int, warmup: int, device: torch.device) -> float:
+    """The fastest of ``repeat`` timed calls, in milliseconds, after ``warmup`` untimed ones."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return min(times) * 1e3
+
+
+def train_step(model: nn.Module, x, **kwargs) -> Callable[[], None]:
+    """One forward and backward pass: loss = sum of the outputs and of the final states."""
+
+    def step() -> None:
+        model.zero_grad(set_to_none=True)
+        output, state = model(x, **kwargs)
+        if isinstance(output, PackedSequence):
+            output = output.data
+        states = state if isinstance(state, tuple) else (state,)
+        sum(s.sum() for s in states).add(output.sum()).backward()
+
+    return step
+
+
+def manual_backward_available() -> bool:
+    try:
+        from .models import lstm_function  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def hand_lstms(reference: nn.LSTM, device) -> dict[str, HandLSTM | None]:
+    """HandLSTM with each backward, carrying the reference's weights (None where unavailable)."""
+    models = {}
+    for backward in ("autograd", "manual"):
+        if backward == "manual" and not manual_backward_available():
+            models[f"hand_lstm ({backward})"] = None
+            continue
+        hand = HandLSTM(
+            reference.input_size,
+            reference.hidden_size,
+            batch_first=True,
+            bidirectional=reference.bidirectional,
+            backward=backward,
+        )
+        hand.load_state_dict(reference.state_dict())
+        models[f"hand_lstm ({backward})"] = hand.to(device)
+    return models
+
+
+def fixed_length_rows(name, size, args, device) -> Iterator[Row]:
+    batch, steps, inputs, hidden = size
+    torch.manual_seed(0)
+    x = torch.randn(batch, steps, inputs, device=device, requires_grad=True)
+    reference = nn.LSTM(inputs, hidden, batch_first=True).to(device)
+    lstm_flops = matmul_flops(batch, steps, inputs, hidden)
+    models: dict[str, tuple[nn.Module | None, float]] = {"nn.LSTM": (reference, lstm_flops)}
+    models |= {label: (m, lstm_flops) for label, m in hand_lstms(reference, device).items()}
+    models["hand_rnn"] = (HandRNN(inputs, hidden, batch_first=True).to(device), lstm_flops / 4)
+    base = None
+    for label, (model, flops) in models.items():
+        ms = None if model is None else best_ms(train_step(model, x), args.repeat, args.warmup, device)
+        base = ms if base is None else base
+        yield Row(f"{name} ({batch}×{steps}, {inputs}→{hidden})", label, ms, steps, flops, base)
+
+
+def variable_length_rows(size, args, device, checks: list[str]) -> Iterator[Row]:
+    """nn.LSTM on a PackedSequence, nn.LSTM on the padded batch, HandLSTM with lengths.
+
+    Appends to ``checks`` how far each HandLSTM's outputs and final states are from the packed run.
+    """
+    batch, inputs, hidden, shortest, longest = size
+    generator = torch.Generator().manual_seed(0)
+    lengths = torch.randint(shortest, longest + 1, (batch,), generator=generator)
+    lengths[0] = longest
+    steps = longest
+    x = torch.randn(batch, steps, inputs, generator=generator).to(device).requires_grad_()
+    mask = (torch.arange(steps).unsqueeze(0) < lengths.unsqueeze(1)).to(device)
+    x_padded = (x * mask.unsqueeze(2)).detach().requires_grad_()
+    packed = pack_padded_sequence(x_padded.detach(), lengths, batch_first=True, enforce_sorted=False)
+    packed = PackedSequence(packed.data.requires_grad_(), *packed[1:])  # a leaf, as x_padded is
+    torch.manual_seed(0)
+    reference = nn.LSTM(inputs, hidden, batch_first=True, bidirectional=True).to(device)
+    flops = matmul_flops(1, int(lengths.sum()), inputs, hidden, directions=2)  # the useful work
+    case = f"variable ({batch}×{shortest}–{longest}, bi {inputs}→{hidden})"
+
+    candidates = [
+        ("nn.LSTM, PackedSequence", reference, packed, {}),
+        ("nn.LSTM, padded (wrong final states)", reference, x_padded, {}),
+    ]
+    candidates += [(f"{label}, lengths", m, x_padded, {"lengths": lengths.to(device)}) for label, m in hand_lstms(reference, device).items()]
+    base = None
+    for label, model, data, kwargs in candidates:
+        ms = None if model is None else best_ms(train_step(model, data, **kwargs), args.repeat, args.warmup, device)
+        base = ms if base is None else base
+        yield Row(case, label, ms, steps, flops, base)
+
+    with torch.no_grad():
+        out_ref, (h_ref, c_ref) = reference(packed)
+        out_ref, _ = pad_packed_sequence(out_ref, batch_first=True, total_length=steps)
+        for label, model, _, kwargs in candidates[2:]:
+            if model is None:
+                continue
+            out, (h_n, c_n) = model(x_padded, **kwargs)
+            diff = max((a - b).abs().max().item() for a, b in ((out, out_ref), (h_n, h_ref), (c_n, c_ref)))
+            checks.append(f"{label}: max |difference| from nn.LSTM on the PackedSequence (outputs, h_n, c_n) = {diff:.2e}")
+        _, (h_pad, _) = reference(x_padded)
+        checks.append(f"nn.LSTM padded: max |difference| of h_n from the packed run = {(h_pad - h_ref).abs().max().item():.2e}")
+
+
+def square_matmul_gflops(device, n: int, repeat: int) -> float:
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    ms = best_ms(lambda: a @ b, max(repeat, 3), 1, device)
+    return 2 * n**3 / (ms / 1e3) / 1e9
+
+
+HEADER = ["case", "model", "ms/batch (fwd+bwd)", "ms/step", "× nn.LSTM", "GFLOP/s"]
+
+
+def markdown_line(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m lstmlab.bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads on the CPU")
+    parser.add_argument("--repeat", type=int, default=5, help="timed batches per row (the best is shown)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed batches before timing")
+    parser.add_argument("--sizes", default="adder,imdb,large,variable", help="comma-separated: adder, imdb, large, variable")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, one repeat: a smoke test")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.repeat, args.warmup = 1, 1  # two passes: a graph reused across passes would fail
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("lstmlab.bench: error: --device cuda: no CUDA device is available")
+    names = [s.strip() for s in args.sizes.split(",") if s.strip()]
+    unknown = [s for s in names if s not in SIZES and s != "variable"]
+    if unknown:
+        raise SystemExit(f"lstmlab.bench: error: --sizes {','.join(unknown)}: expected adder, imdb, large, variable")
+    torch.set_num_threads(args.threads)
+    sizes = QUICK_SIZES if args.quick else SIZES
+
+    gflops = square_matmul_gflops(device, 256 if args.quick else 2048, args.repeat)
+    where = f"{torch.get_num_threads()} threads" if device.type == "cpu" else torch.cuda.get_device_name(device)
+    print(f"# lstmlab.bench: torch {torch.__version__}, {device.type} ({where}), best of {args.repeat}")
+    print(f"machine: square fp32 matmul {gflops:.1f} GFLOP/s\n")
+    print(markdown_line(HEADER))
+    print("|" + "---|" * len(HEADER))
+    checks: list[str] = []
+    for name in names:
+        if name == "variable":
+            rows = variable_length_rows(QUICK_VARIABLE if args.quick else VARIABLE, args, device, checks)
+        else:
+            rows = fixed_length_rows(name, sizes[name], args, device)
+        for row in rows:
+            print(markdown_line(row.cells()), flush=True)
+    if checks:
+        print("\n" + "\n".join(checks))
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""The LSTM with layer normalisation, as in the notes: a LayerNorm on each gate pre-activation
+and on c_t before the final tanh.
+
+    a_t = W x_t + U h_{t-1} + b                          the four pre-activations (i, f, g, o)
+    i_t, f_t, o_t = σ(LN_i(a_i)), σ(LN_f(a_f)), σ(LN_o(a_o)),   g_t = tanh(LN_g(a_g))
+    c_t = f_t ⊙ c_{t-1} + i_t ⊙ g_t                      the state keeps the un-normalised c_t
+    h_t = o_t ⊙ tanh(LN_c(c_t))
+
+Each LN normalises over the H units of one gate (mean 0, variance 1, eps 1e-5 as nn.LayerNorm)
+and has its own gain and shift. The LSTM weights have HandLSTM's names and shapes; the norms
+add ``ln_gates_weight_l{k}``/``ln_gates_bias_l{k}`` (4H, gates i, f, g, o) and
+``ln_cell_weight_l{k}``/``ln_cell_bias_l{k}`` (H), ``_reverse`` for the backward direction.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .hand_lstm import HandLSTM
+from .matmul import linear, project, transposed
+
+EPS = 1e-5  # as nn.LayerNorm
+
+
+def layernorm_lstm_direction(x, h, c, w_ih, w_hh, b_ih, b_hh, gate_w, gate_b, cell_w, cell_b, mask=None):
+    """One direction of one LayerNorm-LSTM layer over a batch-first sequence, with autograd.
+
+    Arguments and results as :func:`lstmlab.models.hand_lstm.lstm_direction`, plus the norms'
+    gains and shifts.
+    """
+    hidden = h.shape[1]
+    bias = None if b_ih is None else b_ih + b_hh
+    xw = project(x, w_ih, bias)  # W x_t + b for every t in one matmul: (B, T, 4H)
+    u_t = transposed(w_hh, h.shape[0])
+    outs = []
+    for t, xw_t in enumerate(xw.transpose(0, 1).contiguous().unbind(0)):
+        gates = linear(h, w_hh, u_t, xw_t)  # a_t = W x_t + U h_{t-1} + b, all four gates
+        # 4 groups of H units = a LayerNorm of each gate's pre-activation, with its own gain/shift
+        gates = F.group_norm(gates, 4, gate_w, gate_b, EPS)  # LN_i(a_i), LN_f(a_f), LN_g(a_g), LN_o(a_o)
+        i, f, _, o = torch.sigmoid(gates).chunk(4, 1)  # i_t, f_t, o_t = σ(LN(a))
+        g = torch.tanh(gates[:, 2 * hidden : 3 * hidden])  # g_t = tanh(LN_g(a_g))
+        c_new = torch.addcmul(f * c, i, g)  # c_t = f_t ⊙ c_{t-1} + i_t ⊙ g_t
+        h_new = o * torch.tanh(F.layer_norm(c_new, (hidden,), cell_w, cell_b, EPS))  # h_t = o_t ⊙ tanh(LN_c(c_t))
+        if mask is None:
+            h, c = h_new, c_new
+            outs.append(h)
+        else:
+            m = mask[:, t].unsqueeze(1)
+            h, c = torch.where(m, h_new, h), torch.where(m, c_new, c)  # padding keeps the state
+            outs.append(h_new * m)
+    return torch.stack(outs, 1), h, c
+
+
+class LayerNormLSTM(HandLSTM):
+    """HandLSTM with a LayerNorm on each gate pre-activation and on c_t (autograd backward)."""
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+    ) -> None:
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional)
+        for layer in range(num_layers):
+            for direction in range(self.num_directions):
+                suffix = self._suffix(layer, direction)
+                for name, size in (("ln_gates", 4 * hidden_size), ("ln_cell", hidden_size)):
+                    self.register_parameter(f"{name}_weight{suffix}", nn.Parameter(torch.ones(size)))
+                    self.register_parameter(f"{name}_bias{suffix}", nn.Parameter(torch.zeros(size)))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """LSTM weights uniform in ±1/sqrt(hidden_size); the norms start at gain 1, shift 0."""
+        super().reset_parameters()
+        for name, param in self.named_parameters():
+            if name.startswith("ln_"):
+                nn.init.constant_(param, 1.0 if "_weight" in name else 0.0)
+
+    def _weights(self, layer: int, direction: int) -> tuple:
+        suffix = self._suffix(layer, direction)
+        norms = (getattr(self, f"{n}{suffix}") for n in ("ln_gates_weight", "ln_gates_bias", "ln_cell_weight", "ln_cell_bias"))
+        return (*super()._weights(layer, direction), *norms)
+
+    def _direction_fn(self):
+        return layernorm_lstm_direction
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ", layernorm=gates+cell"

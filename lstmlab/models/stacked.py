@@ -1,0 +1,138 @@
+"""The layer/direction loop shared by the hand-built recurrent layers (LSTM, RNN, LayerNorm LSTM).
+
+A subclass says how many weight blocks a cell has (``gates``: 4 for the LSTM, 1 for the
+plain RNN), how many state tensors it carries (``state_size``: 2 for (h, c), 1 for h) and
+which function runs one direction of one layer over a whole sequence::
+
+    run(x, *state, *weights, mask) -> (out, *final_state)
+
+The parameters follow torch's names and shapes (``weight_ih_l{k}``, ``weight_hh_l{k}``,
+``bias_ih_l{k}``, ``bias_hh_l{k}``, ``_reverse`` for the backward direction), so a state_dict
+loads into the matching torch module and back.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from .variable_length import reverse_within_lengths, step_mask
+
+
+class StackedRecurrent(nn.Module):
+    """Multi-layer, optionally bidirectional recurrent layer; batch-first or sequence-first."""
+
+    accepts_lengths = True  # forward(input, hx, lengths=...) takes a padded batch's lengths
+    gates = 4  # weight blocks stacked in weight_ih / weight_hh
+    state_size = 2  # 2: the state is (h, c); 1: the state is h
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+    ) -> None:
+        super().__init__()
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.bias = bias
+        self.batch_first = batch_first
+        self.dropout = float(dropout)
+        self.bidirectional = bidirectional
+        self.num_directions = 2 if bidirectional else 1
+        rows = self.gates * hidden_size
+        for layer in range(num_layers):
+            layer_input = input_size if layer == 0 else hidden_size * self.num_directions
+            for direction in range(self.num_directions):
+                suffix = self._suffix(layer, direction)
+                self.register_parameter(f"weight_ih{suffix}", nn.Parameter(torch.empty(rows, layer_input)))
+                self.register_parameter(f"weight_hh{suffix}", nn.Parameter(torch.empty(rows, hidden_size)))
+                if bias:
+                    self.register_parameter(f"bias_ih{suffix}", nn.Parameter(torch.empty(rows)))
+                    self.register_parameter(f"bias_hh{suffix}", nn.Parameter(torch.empty(rows)))
+
+    @staticmethod
+    def _suffix(layer: int, direction: int) -> str:
+        return f"_l{layer}" + ("_reverse" if direction == 1 else "")
+
+    def reset_parameters(self) -> None:
+        """Uniform in ±1/sqrt(hidden_size), as torch's recurrent layers initialise."""
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for weight in self.parameters():
+            nn.init.uniform_(weight, -bound, bound)
+
+    def _weights(self, layer: int, direction: int) -> tuple:
+        """The arguments after the state that the direction function takes for this layer."""
+        suffix = self._suffix(layer, direction)
+        get = lambda name: getattr(self, name + suffix, None)  # noqa: E731
+        return get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh")
+
+    def _direction_fn(self):
+        raise NotImplementedError
+
+    def forward(self, input, hx=None, lengths: Tensor | None = None):
+        """Like torch's forward; ``lengths`` (B,) marks the valid steps of a padded batch."""
+        packed = isinstance(input, PackedSequence)
+        if packed:
+            input, lengths = pad_packed_sequence(input, batch_first=True)
+        elif not self.batch_first:
+            input = input.transpose(0, 1)
+        batch, steps = input.shape[0], input.shape[1]
+        if lengths is not None:
+            lengths = torch.as_tensor(lengths, device=input.device)
+        mask = None if lengths is None else step_mask(lengths, steps)
+        initial = self._initial_state(input, hx, batch)
+
+        run = self._direction_fn()
+        layer_input, finals = input, [[] for _ in initial]
+        for layer in range(self.num_layers):
+            outputs = []
+            for direction in range(self.num_directions):
+                k = layer * self.num_directions + direction
+                x = layer_input if direction == 0 else reverse_within_lengths(layer_input, lengths)
+                out, *state = run(x, *(s[k] for s in initial), *self._weights(layer, direction), mask)
+                outputs.append(out if direction == 0 else reverse_within_lengths(out, lengths))
+                for final, s in zip(finals, state):
+                    final.append(s)
+            layer_input = outputs[0] if len(outputs) == 1 else torch.cat(outputs, 2)
+            if self.dropout and self.training and layer < self.num_layers - 1:
+                layer_input = F.dropout(layer_input, self.dropout, training=True)
+
+        output = layer_input
+        if packed:
+            output = pack_padded_sequence(output, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        elif not self.batch_first:
+            output = output.transpose(0, 1).contiguous()  # as nn.LSTM returns it
+        state = tuple(torch.stack(final) for final in finals)
+        return output, (state if self.state_size > 1 else state[0])
+
+    def _initial_state(self, input: Tensor, hx, batch: int) -> tuple[Tensor, ...]:
+        shape = (self.num_layers * self.num_directions, batch, self.hidden_size)
+        if hx is None:
+            return (input.new_zeros(shape),) * self.state_size
+        state = tuple(hx) if self.state_size > 1 else (hx,)
+        if any(s.shape != shape for s in state):
+            got = ", ".join(str(tuple(s.shape)) for s in state)
+            raise ValueError(f"initial state: expected {self.state_size} tensor(s) of shape {tuple(shape)}, got {got}")
+        return state
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}"
+        if not self.bias:
+            s += ", bias=False"
+        if self.batch_first:
+            s += ", batch_first=True"
+        if self.dropout:
+            s += f", dropout={self.dropout}"
+        if self.bidirectional:
+            s += ", bidirectional=True"
+        return s

@@ -1,0 +1,29 @@
+"""`python -m lstmlab.bench --quick` prints every row of its table (no timing assertions)."""
+
+import pytest
+import torch
+
+from lstmlab import bench
+
+
+def test_quick_bench_prints_every_row_and_the_check(capsys):
+    threads = torch.get_num_threads()
+    try:
+        bench.main(["--quick", "--threads", "1"])
+    finally:
+        torch.set_num_threads(threads)
+    printed = capsys.readouterr().out
+    assert "square fp32 matmul" in printed
+    rows = [line for line in printed.splitlines() if line.startswith("| ") and not line.startswith("| case")]
+    for size in ("adder", "imdb", "large"):
+        models = [r.split(" | ")[1] for r in rows if r.startswith(f"| {size} ")]
+        assert models == ["nn.LSTM", "hand_lstm (autograd)", "hand_lstm (manual)", "hand_rnn"]
+    variable = [r.split(" | ")[1] for r in rows if r.startswith("| variable")]
+    assert variable[:3] == ["nn.LSTM, PackedSequence", "nn.LSTM, padded (wrong final states)", "hand_lstm (autograd), lengths"]
+    check = next(line for line in printed.splitlines() if line.startswith("hand_lstm (autograd), lengths: max"))
+    assert float(check.rsplit("= ", 1)[1]) < 1e-5  # same outputs and final states as the packed run
+
+
+def test_unknown_size_is_refused():
+    with pytest.raises(SystemExit, match="--sizes huge"):
+        bench.main(["--quick", "--sizes", "huge"])
