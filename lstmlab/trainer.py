@@ -69,6 +69,7 @@ class Trainer:
         target_loss: float | None = None,
         num_threads: int = 0,
         log_every: int = 1,
+        eval_every: int = 1,
         progress: bool = True,
         seed: int = 0,
     ) -> None:
@@ -84,6 +85,7 @@ class Trainer:
         self.target_metric = target_metric
         self.target_loss = target_loss
         self.log_every = log_every
+        self.eval_every = eval_every
         self.progress = progress
         self.seed = seed
 
@@ -105,7 +107,8 @@ class Trainer:
                 train_loss, steps = self._train_epoch(net, task, optimizer, generator, bar)
                 step += steps
                 row = {"epoch": epoch, "step": step, "seconds": 0.0, "train_loss": train_loss}
-                row.update(self.evaluate(net, task))
+                if epoch % self.eval_every == 0 or epoch == self.max_epochs:
+                    row.update(self.evaluate(net, task))
                 row["seconds"] = round(time.perf_counter() - start, 4)
                 result.epochs, result.metrics = epoch, row
                 value = row.get(monitor)
