@@ -7,10 +7,10 @@ PY      = $(BIN)/python
 LAB     = $(BIN)/lstmlab
 STAMP   = $(VENV)/.installed
 
-.PHONY: help install run test adder-reference adder-encodings clean
+.PHONY: help install run test adder-reference adder-encodings imdb imdb-reference clean
 
 help:
-	@echo "make run | test | install [TORCH=spec] | adder-reference | adder-encodings"
+	@echo "make run | test | install [TORCH=spec] | adder-reference | adder-encodings | imdb | imdb-reference"
 
 # torch is installed first and pinned (a bare `torch` requirement pulls a multi-GB CUDA build);
 # `make install TORCH=...` picks another build, e.g. TORCH="torch --index-url https://download.pytorch.org/whl/cu124".
@@ -37,6 +37,21 @@ adder-reference: $(STAMP)
 adder-encodings: $(STAMP)
 	for enc in serial parallel flat; do for m in hand_lstm torch_lstm; do \
 	  $(LAB) task.encoding=$$enc model=$$m trainer.progress=false $(ARGS) || exit 1; done; done
+
+# IMDB: the offline copies in ../shared/data are used when present; otherwise the config's
+# data/aclImdb_v1.tar.gz is downloaded (GloVe: put glove.6B.100d.txt or glove.6B.zip in data/).
+IMDB_DATA  ?= ../shared/data/imdb/aclImdb_v1_labeled.tar.gz
+GLOVE_DATA ?= ../shared/data/glove/glove.6B.100d.imdb.txt.gz
+IMDB_ARGS   = $(if $(wildcard $(IMDB_DATA)),task.data_path=$(IMDB_DATA))
+GLOVE_ARGS  = $(if $(wildcard $(GLOVE_DATA)),task.glove_path=$(GLOVE_DATA))
+
+# the CPU setup: >= 87% on the full official test split on 2 CPU cores
+imdb: $(STAMP)
+	$(LAB) experiment=imdb_cpu $(IMDB_ARGS) $(ARGS)
+
+# the note's 2-layer BiLSTM with GloVe, meant for a GPU
+imdb-reference: $(STAMP)
+	$(LAB) experiment=imdb_reference trainer.device=cuda $(IMDB_ARGS) $(GLOVE_ARGS) $(ARGS)
 
 clean:
 	rm -rf $(VENV) outputs/* multirun
