@@ -7,10 +7,10 @@ PY      = $(BIN)/python
 LAB     = $(BIN)/lstmlab
 STAMP   = $(VENV)/.installed
 
-.PHONY: help install run test bench adder-reference adder-encodings sin-cos compare sweep-hidden clean
+.PHONY: help install run test bench adder-reference adder-encodings sin-cos compare sweep-hidden imdb imdb-reference clean
 
 help:
-	@echo "make run | test | bench | install [TORCH=spec] | adder-reference | adder-encodings | sin-cos | compare | sweep-hidden"
+	@echo "make run | test | bench | install [TORCH=spec] | adder-reference | adder-encodings | sin-cos | compare | sweep-hidden | imdb | imdb-reference"
 
 # torch is installed first and pinned (a bare `torch` requirement pulls a multi-GB CUDA build);
 # `make install TORCH=...` picks another build, e.g. TORCH="torch --index-url https://download.pytorch.org/whl/cu124".
@@ -63,6 +63,21 @@ sweep-hidden: $(STAMP)
 	  hydra.sweep.dir=multirun/sweep_hidden $(ARGS); status=$$?; \
 	$(BIN)/lstmlab-report multirun/sweep_hidden --metrics exhaustive_acc,acc_32bit,test_loss,params,sec_per_epoch \
 	  --plot && exit $$status
+
+# IMDB: the offline copies in ../shared/data are used when present; otherwise the config's
+# data/aclImdb_v1.tar.gz is downloaded (GloVe: put glove.6B.100d.txt or glove.6B.zip in data/).
+IMDB_DATA  ?= ../shared/data/imdb/aclImdb_v1_labeled.tar.gz
+GLOVE_DATA ?= ../shared/data/glove/glove.6B.100d.imdb.txt.gz
+IMDB_ARGS   = $(if $(wildcard $(IMDB_DATA)),task.data_path=$(IMDB_DATA))
+GLOVE_ARGS  = $(if $(wildcard $(GLOVE_DATA)),task.glove_path=$(GLOVE_DATA))
+
+# the CPU setup: >= 87% on the full official test split on 2 CPU cores
+imdb: $(STAMP)
+	$(LAB) experiment=imdb_cpu $(IMDB_ARGS) $(ARGS)
+
+# the note's 2-layer BiLSTM with GloVe, meant for a GPU
+imdb-reference: $(STAMP)
+	$(LAB) experiment=imdb_reference trainer.device=cuda $(IMDB_ARGS) $(GLOVE_ARGS) $(ARGS)
 
 clean:
 	rm -rf $(VENV) outputs/* multirun

@@ -125,6 +125,46 @@ class SinCosConf:
             raise LabError(str(exc)) from None
 
 
+@dataclass
+class ImdbConf:
+    _target_: str = "lstmlab.tasks.imdb.ImdbTask"
+    data_path: str = "data/aclImdb_v1.tar.gz"
+    tokenizer: str = "basic"
+    cache_dir: Optional[str] = None
+    vocab_size: int = 10_000
+    min_freq: int = 1
+    max_length: Optional[int] = None
+    truncate: str = "head"
+    crop_batches: bool = False
+    glove_path: Optional[str] = None
+    embedding_dim: int = 100
+    readout: str = "final_state"
+    embedding_dropout: float = 0.5
+    output_dropout: float = 0.5
+    eval_batch_size: int = 256
+    train_size: Optional[int] = None
+    test_size: Optional[int] = None
+    download: bool = True
+    progress: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _one_of("task.tokenizer", self.tokenizer, ("basic", "spacy"))
+        _at_least("task.vocab_size", self.vocab_size, 1)
+        _at_least("task.min_freq", self.min_freq, 1)
+        if self.max_length is not None:
+            _at_least("task.max_length", self.max_length, 1)
+        _one_of("task.truncate", self.truncate, ("head", "tail"))
+        _at_least("task.embedding_dim", self.embedding_dim, 1)
+        _one_of("task.readout", self.readout, ("final_state", "mean_max"))
+        _probability("task.embedding_dropout", self.embedding_dropout)
+        _probability("task.output_dropout", self.output_dropout)
+        _at_least("task.eval_batch_size", self.eval_batch_size, 1)
+        for key in ("train_size", "test_size"):
+            if getattr(self, key) is not None:
+                _at_least(f"task.{key}", getattr(self, key), 2)
+
+
 # ---------------------------------------------------------------- trainer
 @dataclass
 class OptimizerConf:
@@ -149,6 +189,7 @@ class TrainerConf:
     target_loss: Optional[float] = None
     num_threads: int = 0
     log_every: int = 1
+    eval_every: int = 1
     progress: bool = True
     resume: Optional[str] = None
     detect_anomaly: bool = False
@@ -161,6 +202,7 @@ class TrainerConf:
         _at_least("trainer.grad_clip", self.grad_clip, 0)
         _at_least("trainer.num_threads", self.num_threads, 0)
         _at_least("trainer.log_every", self.log_every, 1)
+        _at_least("trainer.eval_every", self.eval_every, 1)
         if self.mode is not None:
             _one_of("trainer.mode", self.mode, ("max", "min"))
 
@@ -172,7 +214,7 @@ SCHEMAS = {
         "hand_rnn": HandRNNConf,
         "layernorm_lstm": LayerNormLSTMConf,
     },
-    "task": {"adder": AdderConf, "sin_cos": SinCosConf},
+    "task": {"adder": AdderConf, "sin_cos": SinCosConf, "imdb": ImdbConf},
     "trainer": {"default": TrainerConf},
 }
 

@@ -79,6 +79,7 @@ class Trainer:
         target_loss: float | None = None,
         num_threads: int = 0,
         log_every: int = 1,
+        eval_every: int = 1,
         progress: bool = True,
         detect_anomaly: bool = False,
         seed: int = 0,
@@ -95,6 +96,7 @@ class Trainer:
         self.target_metric = target_metric
         self.target_loss = target_loss
         self.log_every = log_every
+        self.eval_every = eval_every
         self.progress = progress
         self.detect_anomaly = detect_anomaly
         self.seed = seed
@@ -133,7 +135,8 @@ class Trainer:
             for epoch in range(first, self.max_epochs + 1):
                 train_loss, step = self._train_epoch(net, task, optimizer, generator, bar, epoch, step)
                 row = {"epoch": epoch, "step": step, "seconds": 0.0, "train_loss": train_loss}
-                row.update(self.evaluate(net, task))
+                if epoch % self.eval_every == 0 or epoch == self.max_epochs:
+                    row.update(self.evaluate(net, task))
                 row["seconds"] = round(time.perf_counter() - begin, 4)
                 result.epochs, result.metrics = epoch, row
                 value = row.get(monitor)

@@ -26,12 +26,23 @@ LSTMLAB = Path(sys.executable).parent / "lstmlab"
 # small enough that a row which wrongly passes trains in a second (and then fails the test)
 TINY = {"trainer.max_epochs": "1", "trainer.progress": "false", "trainer.device": "cpu",
         "trainer.target_metric": "null"}
+SMALL_IMDB = Path(__file__).resolve().parents[2] / "shared" / "data" / "imdb" / "aclImdb_small.tar.gz"
 TINY_ADDER = {"task.train_size": "64", "task.test_size": "16", "task.eval_size": "16", "task.eval_bits": "[16]"}
 
 
 def adder(*overrides: str) -> list[str]:
     """The tiny adder run, with ``overrides`` replacing or adding keys."""
     args = {**TINY, **TINY_ADDER}
+    for item in overrides:
+        key, _, value = item.partition("=")
+        args[key] = value
+    return [f"{k}={v}" for k, v in args.items()]
+
+
+def imdb(*overrides: str) -> list[str]:
+    """A tiny IMDB run on the real small archive (never downloading), with ``overrides``."""
+    args = {**TINY, "task": "imdb", "task.data_path": str(SMALL_IMDB), "task.cache_dir": "{cache}",
+            "task.download": "false", "task.progress": "false", "task.train_size": "64", "task.test_size": "16"}
     for item in overrides:
         key, _, value = item.partition("=")
         args[key] = value
@@ -55,7 +66,13 @@ CASES = {
         Case("bad-choice", adder("task.encoding=hex"), "task.encoding"),
         Case("too-few-bits", adder("task.eval_bits=[1]"), "task.eval_bits"),
         Case("bad-loss", adder("task.loss=hinge"), "task.loss"),
-        # tasks that read data files add their missing / empty file rows here
+        Case("imdb-missing-archive", imdb("task.data_path={missing}"), "{missing}"),
+        Case("imdb-empty-archive", imdb("task.data_path={empty}"), "{empty}"),
+        Case("imdb-not-an-archive", imdb("task.data_path={garbage}"), "{garbage}"),
+        Case("imdb-missing-glove", imdb("task.glove_path={missing}"), "{missing}"),
+        Case("imdb-empty-glove", imdb("task.glove_path={empty}"), "{empty}"),
+        Case("imdb-bad-tokenizer", imdb("task.tokenizer=words"), "task.tokenizer"),
+        Case("imdb-bad-readout", imdb("task.readout=middle"), "task.readout"),
     ],
     "model": [
         Case("unknown-option", adder("model=gru9"), "model=gru9"),
@@ -119,7 +136,7 @@ def files(tmp_path: Path) -> dict[str, str]:
     (tmp_path / "truncated.pt").write_bytes(whole[: len(whole) // 2])
     names = ["empty.pt", "emptydir", "garbage.pt", "file", "newer.pt", "model.pt", "unsafe.pt", "truncated.pt"]
     paths = {name.split(".")[0]: str(tmp_path / name) for name in names}
-    return paths | {"missing": str(tmp_path / "missing.pt")}
+    return paths | {"missing": str(tmp_path / "missing.pt"), "cache": str(tmp_path / "cache")}
 
 
 @pytest.fixture

@@ -54,3 +54,12 @@ def test_devices_resolve_or_fail_with_one_line():
     if not torch.cuda.is_available():
         with pytest.raises(LabError, match=r"trainer.device=cuda: no CUDA GPU"):
             resolve_device("cuda")
+
+
+def test_eval_every_evaluates_every_nth_and_always_the_last_epoch():
+    task = AdderTask(train_size=200, test_size=100, eval_bits=[])
+    trainer = Trainer(ADAM, device="cpu", max_epochs=3, eval_every=2, progress=False)
+    rows = []
+    fit = trainer.fit(tiny_adder_net(task), task, on_epoch=rows.append)
+    assert ["test_acc" in row for row in rows] == [False, True, True]
+    assert "exhaustive_acc" in fit.metrics

@@ -67,6 +67,8 @@ class SequenceModel(nn.Module):
     def _run_rnn(self, x: Tensor, lengths: Tensor | None):
         """Runs the recurrent layer on batch-first x; returns batch-first output and its state."""
         batch_first = getattr(self.rnn, "batch_first", True)
+        if lengths is not None and bool((lengths == x.shape[1]).all()):
+            lengths = None  # no padding in this batch: the fast path gives the same result
         if lengths is not None and not getattr(self.rnn, "accepts_lengths", False):
             packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
             output, state = self.rnn(packed)

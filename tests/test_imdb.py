@@ -1,0 +1,136 @@
+"""The IMDB task on the small real subset (1,000 train + 1,000 test reviews), tiny models, tmp caches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+from lstmlab.models import HandLSTM, SequenceModel
+from lstmlab.tasks import imdb_data as D
+from lstmlab.tasks.imdb import ImdbTask, crop
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SMALL = DATA / "imdb" / "aclImdb_small.tar.gz"
+GLOVE = DATA / "glove" / "glove.6B.100d.imdb.txt.gz"
+pytestmark = pytest.mark.skipif(not SMALL.is_file(), reason=f"small IMDB subset not found at {SMALL}")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("imdb-cache")
+
+
+def small_task(cache: Path, **options) -> ImdbTask:
+    return ImdbTask(str(SMALL), cache_dir=str(cache), progress=False, **{"vocab_size": 500, "max_length": 60} | options)
+
+
+def test_batches_hold_every_review_once_with_labels_and_true_lengths(cache):
+    task = small_task(cache)
+    batches = list(task.train_batches(32, True, torch.Generator().manual_seed(0)))
+    assert len(batches) == task.num_train_batches(32) == 32
+    assert sum(len(b.targets) for b in batches) == 1000
+    assert sum(b.targets.sum().item() for b in batches) == 500
+    for batch in batches:
+        assert batch.inputs.dtype == torch.int64 and batch.inputs.shape == (len(batch.targets), batch.lengths.max())
+        assert torch.equal((batch.inputs != D.PAD_ID).sum(1), batch.lengths)  # <pad> only after each review
+        assert set(batch.targets.tolist()) <= {0.0, 1.0}
+    assert task.input_size == 100
+    options = task.network_options()
+    assert options["vocab_size"] == len(task.vocab) == 502 and options["output_size"] == 1
+
+
+def test_vocabulary_comes_from_the_training_split_only(cache):
+    task = small_task(cache, vocab_size=None)
+    corpus = D.load_imdb(SMALL, cache_dir=cache, progress=False)
+    train_words = set(D.train_counts(corpus))
+    test_only = {corpus.types[i] for i in corpus.test.token_ids.tolist()} - train_words
+    assert test_only and not test_only & set(task.vocab.itos)
+    assert len(task.vocab) == len(train_words) + 2
+
+
+def test_cropped_batches_have_no_padding_and_keep_the_reviews_end(cache):
+    task = small_task(cache, crop_batches=True, truncate="tail")
+    for batch in task.train_batches(16, True, torch.Generator().manual_seed(1)):
+        assert torch.all(batch.lengths == batch.inputs.shape[1]) and torch.all(batch.inputs != D.PAD_ID)
+    review = torch.arange(10)
+    assert crop([review], 4, "tail")[0].tolist() == [6, 7, 8, 9]
+    assert crop([review], 4, "head")[0].tolist() == [0, 1, 2, 3]
+
+
+def test_evaluation_reads_the_whole_test_split(cache):
+    task = small_task(cache)
+    seen = []
+
+    def predict(batch):
+        seen.append(len(batch.targets))
+        return (batch.targets * 2 - 1).unsqueeze(1)  # a perfect classifier
+
+    metrics = task.evaluate(predict)
+    assert sum(seen) == 1000 and metrics["test_acc"] == 1.0 and "glove_coverage" not in metrics
+
+
+@pytest.mark.parametrize("readout", ["final_state", "mean_max"])
+def test_hand_lstm_equals_torch_lstm_through_the_network_on_real_batches(cache, readout):
+    """Embedding + 2-layer BiLSTM + read-out on a real variable-length batch: same logits and final states."""
+    task = small_task(cache, readout=readout)
+    _, batch = next(iter(task.test_batches()))
+    assert batch.lengths.min() < batch.lengths.max()  # padding present: it must not leak
+    torch.manual_seed(0)
+    reference = nn.LSTM(100, 6, num_layers=2, bidirectional=True, batch_first=True).double()
+    hand = HandLSTM(100, 6, num_layers=2, bidirectional=True, batch_first=True).double()
+    hand.load_state_dict(reference.state_dict())
+    options = task.network_options() | {"embedding_dropout": 0.0, "output_dropout": 0.0}
+    net_ref, net_hand = SequenceModel(reference, **options).double(), SequenceModel(hand, **options).double()
+    net_hand.load_state_dict(net_ref.state_dict())
+    torch.testing.assert_close(net_hand(batch.inputs, batch.lengths), net_ref(batch.inputs, batch.lengths),
+                               rtol=0, atol=1e-10)
+    embedded = pack_padded_sequence(net_ref.embedding(batch.inputs), batch.lengths, batch_first=True,
+                                    enforce_sorted=False)
+    for expected, got in zip(reference(embedded)[1], hand(embedded)[1]):
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-10)
+
+
+@pytest.mark.skipif(not GLOVE.is_file(), reason=f"GloVe subset not found at {GLOVE}")
+def test_glove_initialises_the_embedding_and_reports_coverage(cache):
+    task = small_task(cache, glove_path=str(GLOVE))
+    weights = task.network_options()["pretrained_embedding"]
+    assert weights.shape == (len(task.vocab), 100)
+    assert 0.5 < task.glove_coverage < 1.0  # the 2,717-word subset covers most of a 500-word vocabulary
+    the = task.vocab["the"]
+    assert weights[the, 0].item() == pytest.approx(-0.038194)  # GloVe's first line: "the -0.038194 ..."
+    net = SequenceModel(HandLSTM(100, 4, batch_first=True), **task.network_options())
+    assert torch.equal(net.embedding.weight[the], weights[the])
+    assert task.evaluate(lambda b: torch.zeros(len(b.targets), 1))["glove_coverage"] == task.glove_coverage
+
+
+def test_cli_trains_the_cpu_setup_end_to_end(lab, cache):
+    proc = lab("experiment=imdb_cpu", f"task.data_path={SMALL}", f"task.cache_dir={cache}", "task.max_length=40",
+               "task.vocab_size=300", "model.hidden_size=8", "trainer.max_epochs=1", "trainer.num_threads=1",
+               "trainer.progress=false", "task.progress=false")
+    assert proc.returncode == 0, proc.stderr
+    result = pd.read_csv(lab.run_dir / "result.csv")
+    assert 0.0 <= result["test_acc"][0] <= 1.0 and result["task.readout"][0] == "mean_max"
+    assert "test_acc" in proc.stdout
+
+
+def test_corrupt_archive_is_one_line_exit_2_and_nothing_written(lab, tmp_path, cache):
+    broken = tmp_path / "aclImdb_v1.tar.gz"
+    broken.write_bytes(SMALL.read_bytes()[:200_000])  # truncated download
+    cache_dir = tmp_path / "fresh-cache"
+    proc = lab("experiment=imdb_cpu", f"task.data_path={broken}", f"task.cache_dir={cache_dir}", "task.progress=false")
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "corrupt or truncated" in lines[0] and str(broken) in lines[0]
+    assert not (lab.run_dir / "result.csv").exists()
+    assert not cache_dir.exists() or not any(cache_dir.iterdir())  # nothing cached
+
+
+def test_wrong_path_is_one_line(lab, tmp_path):
+    proc = lab("experiment=imdb_cpu", f"task.data_path={tmp_path / 'nowhere.tar.gz'}", "task.progress=false")
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "IMDB archive not found" in proc.stderr
