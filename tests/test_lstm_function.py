@@ -1,0 +1,287 @@
+"""The hand-derived LSTM backward pass through time against autograd and torch.nn.LSTM."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lstmlab.models import lstm_function
+from lstmlab.models.lstm_function import LSTMDirection, lstm_direction_manual
+
+F64 = torch.float64
+TOL = dict(rtol=0, atol=1e-10)
+
+
+def reference_direction(x, h, c, w_ih, w_hh, b_ih, b_hh, mask=None):
+    """x (B,T,I) batch-first; h, c (B,H); mask (B,T) bool or None. Returns out (B,T,H), h_T, c_T."""
+    xw = F.linear(x, w_ih, None if b_ih is None else b_ih + b_hh)  # W x_t + b, all steps at once
+    outs = []
+    for t, xw_t in enumerate(xw.unbind(1)):
+        gates = xw_t + h @ w_hh.t()
+        i, f, g, o = gates.chunk(4, 1)
+        i, f, g, o = i.sigmoid(), f.sigmoid(), g.tanh(), o.sigmoid()
+        c_new = f * c + i * g
+        h_new = o * c_new.tanh()
+        if mask is not None:  # steps past a sequence's length keep the state, output 0
+            m = mask[:, t].unsqueeze(1)
+            c = torch.where(m, c_new, c)
+            h = torch.where(m, h_new, h)
+            outs.append(h_new * m)
+        else:
+            c, h = c_new, h_new
+            outs.append(h)
+    return torch.stack(outs, 1), h, c
+
+
+def make_inputs(batch, steps, features, hidden, bias=True, dtype=F64, seed=0):
+    """(x, h0, c0, w_ih, w_hh, b_ih, b_hh), all leaves that require grad (biases None without bias)."""
+    gen = torch.Generator().manual_seed(seed)
+    rand = lambda *shape: torch.randn(*shape, generator=gen, dtype=dtype).requires_grad_()  # noqa: E731
+    b_ih, b_hh = (rand(4 * hidden), rand(4 * hidden)) if bias else (None, None)
+    return rand(batch, steps, features), rand(batch, hidden), rand(batch, hidden), \
+        rand(4 * hidden, features), rand(4 * hidden, hidden), b_ih, b_hh
+
+
+def lengths_mask(lengths, steps):
+    return torch.arange(steps).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)
+
+
+def grads_of(outputs, inputs, upstream):
+    """Gradients of Σ upstream·outputs w.r.t. each input that requires grad (None for the others)."""
+    wanted = [t for t in inputs if t is not None and t.requires_grad]
+    found = iter(torch.autograd.grad(outputs, wanted, upstream))
+    return [next(found) if t is not None and t.requires_grad else None for t in inputs]
+
+
+def assert_all_close(actual, expected):
+    for a, e in zip(actual, expected, strict=True):
+        if e is None:
+            assert a is None
+        else:
+            torch.testing.assert_close(a, e, **TOL)
+
+
+@pytest.fixture(params=["small_size_paths", "large_size_paths"])
+def size_paths(request, monkeypatch):
+    """Run a test down both sets of code paths whatever its tensors' sizes.
+
+    Large inputs take other routes than small ones: float32 CPU products through oneDNN with the
+    recurrent weight reordered once, and tanh taken as 2σ(2x) − 1 from doubled g-gate rows.
+    """
+    if request.param == "large_size_paths":
+        monkeypatch.setattr(lstm_function, "_ONEDNN_MIN_MACS", 0)
+        # reordered weights from 7 steps on: the float32 tests (6 and 9 steps) take both branches
+        monkeypatch.setattr(lstm_function, "_MIN_STEPS_TO_REORDER", 7)
+        monkeypatch.setattr(lstm_function, "_TANH_VIA_SIGMOID_MIN_ELEMENTS", 0)
+    return request.param
+
+
+# A mask with a gap in the middle of a sequence as well as ragged ends: padding may be anywhere.
+GAPPY_MASK = torch.tensor([[True, True, False, True], [True, False, False, False], [False, True, True, True]])
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+@pytest.mark.parametrize("mask", [None, GAPPY_MASK], ids=["no_mask", "mask"])
+def test_gradcheck(bias, mask, size_paths):
+    inputs = make_inputs(3, 4, 2, 3, bias=bias)
+    assert torch.autograd.gradcheck(lambda *a: LSTMDirection.apply(*a, mask), inputs)
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+@pytest.mark.parametrize("masked", [False, True], ids=["no_mask", "mask"])
+def test_matches_autograd_reference(bias, masked, size_paths):
+    inputs = make_inputs(4, 7, 5, 6, bias=bias, seed=1)
+    mask = lengths_mask([7, 3, 1, 5], 7) if masked else None
+    ref = reference_direction(*inputs, mask)
+    got = lstm_direction_manual(*inputs, mask)
+    assert_all_close(got, ref)
+    upstream = [torch.randn_like(t) for t in ref]  # random ∂L/∂out, ∂L/∂h_T, ∂L/∂c_T
+    assert_all_close(grads_of(got, inputs, upstream), grads_of(ref, inputs, upstream))
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+def test_matches_torch_lstm(bias, size_paths):
+    batch, steps, features, hidden = 3, 6, 4, 5
+    torch.manual_seed(2)
+    lstm = torch.nn.LSTM(features, hidden, bias=bias, batch_first=True).double()
+    params = list(lstm.parameters())
+    # sequence-first data seen batch-first, as a batch_first=False model passes it: not contiguous
+    x = torch.randn(steps, batch, features, dtype=F64).transpose(0, 1).requires_grad_()
+    h0 = torch.randn(1, batch, hidden, dtype=F64, requires_grad=True)
+    c0 = torch.randn(1, batch, hidden, dtype=F64, requires_grad=True)
+    biases = [lstm.bias_ih_l0, lstm.bias_hh_l0] if bias else [None, None]
+    weights = [lstm.weight_ih_l0, lstm.weight_hh_l0] + biases
+    upstream = torch.randn(batch, steps, hidden, dtype=F64)
+
+    out_ref, (h_ref, c_ref) = lstm(x, (h0, c0))
+    loss_ref = (out_ref * upstream).sum() + h_ref.sum() + c_ref.sum()
+    grads_ref = torch.autograd.grad(loss_ref, [x, h0, c0] + params)
+
+    out, h_t, c_t = lstm_direction_manual(x, h0[0], c0[0], *weights)
+    loss = (out * upstream).sum() + h_t.sum() + c_t.sum()
+    grads = torch.autograd.grad(loss, [x, h0, c0] + params)
+
+    assert_all_close([out, h_t, c_t], [out_ref, h_ref[0], c_ref[0]])
+    assert_all_close(grads, grads_ref)
+
+
+def test_float32_matches_torch_lstm(size_paths):
+    torch.manual_seed(3)
+    lstm = torch.nn.LSTM(8, 16, batch_first=True)
+    x = torch.randn(5, 9, 8, requires_grad=True)
+    h0, c0 = torch.randn(2, 1, 5, 16, requires_grad=True)
+    out_ref, (h_ref, c_ref) = lstm(x, (h0, c0))
+    wrt = [x, h0, c0] + list(lstm.parameters())
+    grads_ref = torch.autograd.grad(out_ref.square().sum() + h_ref.sum() + c_ref.sum(), wrt)
+
+    out, h_t, c_t = lstm_direction_manual(x, h0[0], c0[0], *lstm.parameters())
+    grads = torch.autograd.grad(out.square().sum() + h_t.sum() + c_t.sum(), wrt)
+
+    assert out.dtype == torch.float32
+    for got, want in zip([out, h_t, c_t], [out_ref, h_ref[0], c_ref[0]], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    for got, want in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_float32_masked_matches_reference(size_paths):
+    inputs = make_inputs(4, 6, 5, 8, dtype=torch.float32, seed=13)
+    mask = lengths_mask([6, 4, 1, 5], 6)
+    ref = reference_direction(*inputs, mask)
+    got = lstm_direction_manual(*inputs, mask)
+    upstream = [torch.randn_like(t) for t in ref]
+    for a, e in zip(got, ref, strict=True):
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)
+    for a, e in zip(grads_of(got, inputs, upstream), grads_of(ref, inputs, upstream), strict=True):
+        torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-5)
+
+
+def test_masked_batch_equals_each_sequence_alone(size_paths):
+    lengths = [5, 2, 1, 4]
+    x, h0, c0, *weights = make_inputs(len(lengths), 5, 3, 4, seed=4)
+    out, h_t, c_t = lstm_direction_manual(x, h0, c0, *weights, lengths_mask(lengths, 5))
+    batch_loss = sum(out[b, :n].sum() for b, n in enumerate(lengths)) + h_t.sum() + c_t.sum()
+    batch_grads = torch.autograd.grad(batch_loss, weights)
+
+    alone_loss = 0
+    for b, n in enumerate(lengths):
+        out_b, h_b, c_b = lstm_direction_manual(x[b : b + 1, :n], h0[b : b + 1], c0[b : b + 1], *weights)
+        torch.testing.assert_close(out[b, :n], out_b[0], **TOL)
+        torch.testing.assert_close(h_t[b], h_b[0], **TOL)
+        torch.testing.assert_close(c_t[b], c_b[0], **TOL)
+        assert not out[b, n:].any(), "padded steps output 0"
+        alone_loss = alone_loss + out_b.sum() + h_b.sum() + c_b.sum()
+    assert_all_close(batch_grads, torch.autograd.grad(alone_loss, weights))
+
+
+def test_fully_padded_sequence_keeps_initial_state_and_passes_its_gradient():
+    x, h0, c0, *weights = make_inputs(2, 3, 2, 3, seed=5)
+    mask = torch.tensor([[True, True, True], [False, False, False]])
+    out, h_t, c_t = lstm_direction_manual(x, h0, c0, *weights, mask)
+    torch.testing.assert_close(h_t[1], h0[1], **TOL)
+    torch.testing.assert_close(c_t[1], c0[1], **TOL)
+    d_x, d_h0, d_c0 = torch.autograd.grad((out.sum() + h_t.sum() + 2 * c_t.sum()), [x, h0, c0])
+    assert not d_x[1].any()
+    torch.testing.assert_close(d_h0[1], torch.ones(3, dtype=F64), **TOL)
+    torch.testing.assert_close(d_c0[1], torch.full((3,), 2.0, dtype=F64), **TOL)
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["no_mask", "mask"])
+def test_single_step(masked, size_paths):
+    inputs = make_inputs(3, 1, 4, 2, seed=6)
+    mask = torch.tensor([[True], [False], [True]]) if masked else None
+    ref = reference_direction(*inputs, mask)
+    got = lstm_direction_manual(*inputs, mask)
+    assert got[0].shape == (3, 1, 2)
+    assert_all_close(got, ref)
+    upstream = [torch.randn_like(t) for t in ref]
+    assert_all_close(grads_of(got, inputs, upstream), grads_of(ref, inputs, upstream))
+
+
+def test_batch_of_one():
+    inputs = make_inputs(1, 5, 3, 4, seed=7)
+    ref = reference_direction(*inputs)
+    got = lstm_direction_manual(*inputs)
+    assert_all_close(got, ref)
+    upstream = [torch.randn_like(t) for t in ref]
+    assert_all_close(grads_of(got, inputs, upstream), grads_of(ref, inputs, upstream))
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["no_mask", "mask"])
+def test_weight_grads_without_input_or_state_grads(masked):
+    x, h0, c0, *weights = make_inputs(3, 4, 2, 3, seed=8)
+    x, h0, c0 = x.detach(), h0.detach(), c0.detach()  # data and state as a model gets them
+    mask = lengths_mask([4, 2, 3], 4) if masked else None
+    inputs = [x, h0, c0, *weights]
+    ref = reference_direction(*inputs, mask)
+    got = lstm_direction_manual(*inputs, mask)
+    upstream = [torch.randn_like(t) for t in ref]
+    grads = grads_of(got, inputs, upstream)
+    assert grads[:3] == [None, None, None]
+    assert_all_close(grads, grads_of(ref, inputs, upstream))
+
+
+def test_only_initial_state_requires_grad():
+    x, h0, c0, *weights = make_inputs(2, 3, 2, 3, seed=9)
+    inputs = [x.detach(), h0, c0] + [w.detach() for w in weights]
+    ref = reference_direction(*inputs)
+    got = lstm_direction_manual(*inputs)
+    upstream = [torch.randn_like(t) for t in ref]
+    assert_all_close(grads_of(got, inputs, upstream), grads_of(ref, inputs, upstream))
+
+
+def test_the_two_bias_gradients_are_separate_tensors():
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh = make_inputs(2, 3, 2, 3, seed=10)
+    out, _, _ = lstm_direction_manual(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+    out.sum().backward()
+    torch.testing.assert_close(b_ih.grad, b_hh.grad, **TOL)
+    b_ih.grad.zero_()  # e.g. an optimiser's in-place update of one must not touch the other
+    assert b_hh.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["no_mask", "mask"])
+def test_backward_twice_with_retained_graph_gives_the_same_gradients(masked):
+    inputs = make_inputs(2, 4, 3, 2, seed=11)
+    mask = lengths_mask([4, 2], 4) if masked else None
+    out, h_t, c_t = lstm_direction_manual(*inputs, mask)
+    loss = out.sum() + h_t.sum() + c_t.sum()
+    first = torch.autograd.grad(loss, inputs, retain_graph=True)
+    second = torch.autograd.grad(loss, inputs)
+    assert_all_close(second, first)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("masked", [False, True], ids=["no_mask", "mask"])
+def test_cuda_matches_autograd_reference(masked):
+    inputs = [t.detach().cuda().requires_grad_() for t in make_inputs(4, 7, 5, 6, seed=14)]
+    mask = lengths_mask([7, 3, 1, 5], 7).cuda() if masked else None
+    ref = reference_direction(*inputs, mask)
+    got = lstm_direction_manual(*inputs, mask)
+    assert all(t.is_cuda for t in got)
+    assert_all_close(got, ref)
+    upstream = [torch.randn_like(t) for t in ref]
+    assert_all_close(grads_of(got, inputs, upstream), grads_of(ref, inputs, upstream))
+
+
+def test_no_grad_forward_gives_the_same_outputs():
+    inputs = make_inputs(2, 4, 3, 2, seed=12)
+    with torch.no_grad():
+        got = lstm_direction_manual(*inputs)
+        ref = reference_direction(*inputs)
+    assert_all_close(got, ref)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda a: {**a, "x": a["x"][:, :0]}, "x"),
+        (lambda a: {**a, "h0": a["h0"][:1]}, "h0"),
+        (lambda a: {**a, "w_hh": a["w_hh"][:-1]}, "weights"),
+        (lambda a: {**a, "mask": torch.ones(2, 3)}, "mask"),
+    ],
+    ids=["no_steps", "batch_mismatch", "bad_w_hh", "float_mask"],
+)
+def test_bad_shapes_are_rejected(change, message):
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh = make_inputs(2, 3, 2, 3)
+    args = dict(x=x, h0=h0, c0=c0, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, mask=None)
+    with pytest.raises(ValueError, match=message):
+        lstm_direction_manual(**change(args))
