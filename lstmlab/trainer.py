@@ -87,6 +87,8 @@ class Trainer:
         self.make_optimizer = optimizer
         self.device = resolve_device(device)
         self.num_threads = num_threads
+        if num_threads:
+            torch.set_num_threads(num_threads)  # now, so that what the run records is what it uses
         self.max_epochs = max_epochs
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -116,8 +118,6 @@ class Trainer:
         on from, exactly where it stopped. A NaN or infinite loss raises :class:`Diverged`.
         """
         monitor, mode = self.monitor_of(task)
-        if self.num_threads:
-            torch.set_num_threads(self.num_threads)
         net.to(self.device)
         optimizer = self.make_optimizer(net.parameters())
         generator = torch.Generator().manual_seed(self.seed)

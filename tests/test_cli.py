@@ -18,6 +18,7 @@ def test_adder_run_writes_metrics_result_and_model(lab):
     assert result["model.hidden_size"] == 8 and result["model._target_"] == "lstmlab.models.HandLSTM"
     assert result["status"] == "finished" and result["epochs"] == 2 and result["stop_reason"] == "max_epochs"
     assert result["device"] == "cpu" and result["params"] > 0 and result["train_seconds"] > 0
+    assert result["threads"] == 1  # trainer.num_threads=1, as the run used it
     assert result["test_acc"] == metrics["test_acc"].iloc[-1]
     state = torch.load(lab.run_dir / "model.pt", weights_only=True)
     assert sum(v.numel() for v in state.values()) == result["params"]
