@@ -13,6 +13,7 @@ import torch
 
 from .matmul import linear, project, transposed
 from .stacked import StackedRecurrent
+from .variable_length import advance
 
 
 def lstm_direction(x, h, c, w_ih, w_hh, b_ih, b_hh, mask=None):
@@ -37,13 +38,8 @@ def lstm_direction(x, h, c, w_ih, w_hh, b_ih, b_hh, mask=None):
         g = torch.tanh(gates[:, 2 * hidden : 3 * hidden])  # g_t = tanh(W_g x_t + U_g h_{t-1} + b_g)
         c_new = torch.addcmul(f * c, i, g)  # c_t = f_t ⊙ c_{t-1} + i_t ⊙ g_t
         h_new = o * torch.tanh(c_new)  # h_t = o_t ⊙ tanh(c_t)
-        if mask is None:
-            h, c = h_new, c_new
-            outs.append(h)
-        else:
-            m = mask[:, t].unsqueeze(1)
-            h, c = torch.where(m, h_new, h), torch.where(m, c_new, c)  # padding keeps the state
-            outs.append(h_new * m)
+        (h, c), out = advance((h, c), (h_new, c_new), None if mask is None else mask[:, t])
+        outs.append(out)
     return torch.stack(outs, 1), h, c
 
 

@@ -15,6 +15,7 @@ import torch
 
 from .matmul import linear, project, transposed
 from .stacked import StackedRecurrent
+from .variable_length import advance
 
 NONLINEARITIES = {"tanh": torch.tanh, "relu": torch.relu}
 
@@ -31,13 +32,8 @@ def rnn_direction(x, h, w_ih, w_hh, b_ih, b_hh, mask=None, activation=torch.tanh
     outs = []
     for t, xw_t in enumerate(xw.transpose(0, 1).contiguous().unbind(0)):  # unbind, not x[:, t] (see lstm_direction)
         h_new = activation(linear(h, w_hh, u_t, xw_t))  # h_t = tanh(W x_t + U h_{t-1} + b)
-        if mask is None:
-            h = h_new
-            outs.append(h)
-        else:
-            m = mask[:, t].unsqueeze(1)
-            h = torch.where(m, h_new, h)  # padding keeps the state
-            outs.append(h_new * m)
+        (h,), out = advance((h,), (h_new,), None if mask is None else mask[:, t])
+        outs.append(out)
     return torch.stack(outs, 1), h
 
 

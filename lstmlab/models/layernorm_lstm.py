@@ -20,6 +20,7 @@ from torch import nn
 
 from .hand_lstm import HandLSTM
 from .matmul import linear, project, transposed
+from .variable_length import advance
 
 EPS = 1e-5  # as nn.LayerNorm
 
@@ -43,13 +44,8 @@ def layernorm_lstm_direction(x, h, c, w_ih, w_hh, b_ih, b_hh, gate_w, gate_b, ce
         g = torch.tanh(gates[:, 2 * hidden : 3 * hidden])  # g_t = tanh(LN_g(a_g))
         c_new = torch.addcmul(f * c, i, g)  # c_t = f_t ⊙ c_{t-1} + i_t ⊙ g_t
         h_new = o * torch.tanh(F.layer_norm(c_new, (hidden,), cell_w, cell_b, EPS))  # h_t = o_t ⊙ tanh(LN_c(c_t))
-        if mask is None:
-            h, c = h_new, c_new
-            outs.append(h)
-        else:
-            m = mask[:, t].unsqueeze(1)
-            h, c = torch.where(m, h_new, h), torch.where(m, c_new, c)  # padding keeps the state
-            outs.append(h_new * m)
+        (h, c), out = advance((h, c), (h_new, c_new), None if mask is None else mask[:, t])
+        outs.append(out)
     return torch.stack(outs, 1), h, c
 
 

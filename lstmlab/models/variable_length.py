@@ -32,3 +32,15 @@ def last_valid_step(output: Tensor, lengths: Tensor | None) -> Tensor:
         return output[:, -1]
     index = (lengths.to(output.device) - 1).view(-1, 1, 1).expand(-1, 1, output.shape[2])
     return output.gather(1, index).squeeze(1)
+
+
+def advance(state: tuple[Tensor, ...], new: tuple[Tensor, ...], mask_t: Tensor | None):
+    """One step of a recurrence over a padded batch: (the state after the step, the step's output).
+
+    ``new`` is the step's candidate state, h first. Where ``mask_t`` (B,) is False the sequence
+    has already ended: its state is kept and its output is 0.
+    """
+    if mask_t is None:
+        return new, new[0]
+    m = mask_t.unsqueeze(1)
+    return tuple(torch.where(m, n, s) for n, s in zip(new, state)), new[0] * m  # padding keeps the state
