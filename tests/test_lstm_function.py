@@ -1,5 +1,7 @@
 """The hand-derived LSTM backward pass through time against autograd and torch.nn.LSTM."""
 
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -247,6 +249,30 @@ def test_backward_twice_with_retained_graph_gives_the_same_gradients(masked):
     first = torch.autograd.grad(loss, inputs, retain_graph=True)
     second = torch.autograd.grad(loss, inputs)
     assert_all_close(second, first)
+
+
+def test_gradients_stay_valid_after_later_calls():
+    first = make_inputs(3, 5, 4, 6, seed=15)
+    second = make_inputs(3, 5, 4, 6, seed=16)  # same shapes: the backward pass reuses its scratch buffer
+    upstream = [torch.randn(3, 5, 6, dtype=F64), torch.randn(3, 6, dtype=F64), torch.randn(3, 6, dtype=F64)]
+    grads_first = grads_of(lstm_direction_manual(*first), first, upstream)
+    kept = [g.clone() for g in grads_first]
+    grads_second = grads_of(lstm_direction_manual(*second), second, upstream)
+    assert_all_close(grads_first, kept)
+    assert_all_close(grads_second, grads_of(reference_direction(*second), second, upstream))
+
+
+def test_backward_in_several_threads_at_once():
+    def grads_and_reference(seed):
+        inputs = make_inputs(4, 30, 8, 16, seed=seed)
+        upstream = [torch.randn_like(t) for t in reference_direction(*inputs)]
+        return grads_of(lstm_direction_manual(*inputs), inputs, upstream), \
+            grads_of(reference_direction(*inputs), inputs, upstream)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(grads_and_reference, range(20, 28)))
+    for got, want in results:
+        assert_all_close(got, want)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
