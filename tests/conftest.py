@@ -45,6 +45,13 @@ def sweep(sweep_dir: Path, *overrides: str, env: dict | None = None) -> subproce
                           env=os.environ | (env or {}))
 
 
+def read_result(run_dir: Path) -> pd.Series:
+    """The one row of a run's result.csv."""
+    frame = pd.read_csv(run_dir / "result.csv")
+    assert len(frame) == 1
+    return frame.iloc[0]
+
+
 def results(sweep_dir: Path) -> pd.DataFrame:
     return pd.read_csv(sweep_dir / "results.csv")
 

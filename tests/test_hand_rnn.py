@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from helpers import TINY_ADDER, read_result, run_lab
+from conftest import TINY_ADDER, read_result
 from lstmlab.models import HandRNN, SequenceModel
 
 TOL = 1e-10
@@ -85,16 +85,16 @@ def test_bad_nonlinearity_is_refused():
         HandRNN(3, 5, nonlinearity="sigmoid")
 
 
-def test_cli_trains_hand_rnn_on_the_adder(tmp_path):
-    done = run_lab(tmp_path, "model=hand_rnn", "model.bidirectional=true", *TINY_ADDER)
+def test_cli_trains_hand_rnn_on_the_adder(lab):
+    done = lab("model=hand_rnn", "model.bidirectional=true", *TINY_ADDER)
     assert done.returncode == 0, done.stderr
-    result = read_result(tmp_path)
+    result = read_result(lab.run_dir)
     assert result["model._target_"] == "lstmlab.models.HandRNN"
     assert result["status"] == "finished"
 
 
-def test_cli_refuses_a_bad_nonlinearity(tmp_path):
-    done = run_lab(tmp_path, "model=hand_rnn", "model.nonlinearity=sigmoid", *TINY_ADDER)
+def test_cli_refuses_a_bad_nonlinearity(lab):
+    done = lab("model=hand_rnn", *TINY_ADDER, "model.nonlinearity=sigmoid")
     assert done.returncode == 2
     assert "model.nonlinearity=sigmoid" in done.stderr
-    assert not (tmp_path / "result.csv").exists()
+    assert not (lab.run_dir / "result.csv").exists()

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from helpers import TINY_ADDER, read_result, run_lab
+from conftest import TINY_ADDER, read_result
 from lstmlab.models import HandLSTM, LayerNormLSTM
 from lstmlab.models.layernorm_lstm import layernorm_lstm_direction
 
@@ -126,9 +126,9 @@ def test_normalisation_changes_the_lstm():
     assert not torch.allclose(model(x)[0], hand(x)[0], atol=1e-3)
 
 
-def test_cli_trains_layernorm_lstm_on_the_adder(tmp_path):
-    done = run_lab(tmp_path, "model=layernorm_lstm", *TINY_ADDER)
+def test_cli_trains_layernorm_lstm_on_the_adder(lab):
+    done = lab("model=layernorm_lstm", *TINY_ADDER)
     assert done.returncode == 0, done.stderr
-    result = read_result(tmp_path)
+    result = read_result(lab.run_dir)
     assert result["model._target_"] == "lstmlab.models.LayerNormLSTM"
     assert result["status"] == "finished"
