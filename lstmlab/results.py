@@ -77,11 +77,10 @@ def atomic_torch_save(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, torch_bytes(obj))
 
 
-def read_result(run_dir: Path | str) -> dict | None:
+def read_result(run_dir: Path | str, **read_csv) -> dict | None:
     """The row of ``run_dir/result.csv`` as a dict, or None when there is none (yet)."""
-    path = Path(run_dir) / RESULT_FILE
     try:
-        frame = pd.read_csv(path)
+        frame = pd.read_csv(Path(run_dir) / RESULT_FILE, **read_csv)
     except (FileNotFoundError, pd.errors.EmptyDataError):
         return None
     return frame.iloc[0].to_dict() if len(frame) else None
@@ -95,11 +94,7 @@ def as_csv_text(row: Mapping[str, Any]) -> dict[str, str]:
 
 def stored_as_text(run_dir: Path | str) -> dict[str, str] | None:
     """``result.csv``'s row as raw text values, or None when there is none."""
-    try:
-        frame = pd.read_csv(Path(run_dir) / RESULT_FILE, dtype=str, keep_default_na=False)
-    except (FileNotFoundError, pd.errors.EmptyDataError):
-        return None
-    return frame.iloc[0].to_dict() if len(frame) else None
+    return read_result(run_dir, dtype=str, keep_default_na=False)
 
 
 def write_results(sweep_dir: Path | str, frame: pd.DataFrame) -> Path:
@@ -184,11 +179,7 @@ class RunRecorder:
 
     def write_failed(self, config: Mapping, error: str, traceback: str = "") -> Path:
         """A failed run: ``result.csv`` with ``status=failed`` and the one-line ``error``."""
-        self.flush_metrics()
         (self.run_dir / MODEL_FILE).unlink(missing_ok=True)
         if traceback:
             atomic_write_bytes(self.run_dir / TRACEBACK_FILE, traceback.encode())
-        row = flatten_config(config) | {"status": "failed", "error": error}
-        path = self.run_dir / RESULT_FILE
-        atomic_write_csv(path, pd.DataFrame([row]))
-        return path
+        return self.write_result(config, {"status": "failed", "error": error})
