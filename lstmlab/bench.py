@@ -3,7 +3,8 @@
     python -m lstmlab.bench [--device cpu|cuda] [--threads 2] [--repeat 5] [--sizes adder,imdb,large,variable] [--quick]
 
 Every model gets the same input and, for the LSTMs, the same weights (nn.LSTM's state_dict
-loaded into HandLSTM). Each row is the best of ``--repeat`` timed batches after warm-up.
+loaded into HandLSTM). Each row is the best of ``--repeat`` timed rounds after warm-up, the models of a case timed in
+turn in every round.
 GFLOP/s counts the matmuls only: 2·B·T·G·H·(I+H) forward (G = 4 gates for an LSTM, 1 for
 the RNN), ×3 for forward and backward, ×2 when bidirectional. Prints markdown tables.
 """
@@ -50,19 +51,37 @@ def matmul_flops(batch, steps, inputs, hidden, gates=4, directions=1) -> float:
     return 3 * directions * 2 * batch * steps * gates * hidden * (inputs + hidden)
 
 
-def best_ms(fn: Callable[[], None], repeat: int, warmup: int, device: torch.device) -> float:
-    """The fastest of ``repeat`` timed calls, in milliseconds, after ``warmup`` untimed ones."""
+MIN_SAMPLE_S = 0.02  # calls shorter than this are timed as a loop of calls lasting about this long
+
+
+def best_ms(fns: dict[str, Callable[[], None] | None], repeat: int, warmup: int, device) -> dict[str, float | None]:
+    """Each function's fastest time per call in milliseconds (None for a None function).
+
+    The functions are timed in turn, round after round (``repeat`` rounds after ``warmup``
+    untimed calls each), so a slow spell of a shared machine falls on all of them alike rather
+    than on whichever was running. A call shorter than MIN_SAMPLE_S is timed as a loop of calls.
+    """
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
+
+    def seconds(fn, calls: int) -> float:
         sync()
         start = time.perf_counter()
-        fn()
+        for _ in range(calls):
+            fn()
         sync()
-        times.append(time.perf_counter() - start)
-    return min(times) * 1e3
+        return (time.perf_counter() - start) / calls
+
+    live = {name: fn for name, fn in fns.items() if fn is not None}
+    calls = {}
+    for name, fn in live.items():
+        for _ in range(max(warmup - 1, 0)):
+            fn()
+        calls[name] = max(1, round(MIN_SAMPLE_S / max(seconds(fn, 1), 1e-6)))
+    best = {name: float("inf") for name in live}
+    for _ in range(repeat):
+        for name, fn in live.items():
+            best[name] = min(best[name], seconds(fn, calls[name]))
+    return {name: (best[name] * 1e3 if name in best else None) for name in fns}
 
 
 def train_step(model: nn.Module, x, **kwargs) -> Callable[[], None]:
@@ -115,11 +134,10 @@ def fixed_length_rows(name, size, args, device) -> Iterator[Row]:
     models: dict[str, tuple[nn.Module | None, float]] = {"nn.LSTM": (reference, lstm_flops)}
     models |= {label: (m, lstm_flops) for label, m in hand_lstms(reference, device).items()}
     models["hand_rnn"] = (HandRNN(inputs, hidden, batch_first=True).to(device), lstm_flops / 4)
-    base = None
-    for label, (model, flops) in models.items():
-        ms = None if model is None else best_ms(train_step(model, x), args.repeat, args.warmup, device)
-        base = ms if base is None else base
-        yield Row(f"{name} ({batch}×{steps}, {inputs}→{hidden})", label, ms, steps, flops, base)
+    times = best_ms({label: model and train_step(model, x) for label, (model, _) in models.items()}, args.repeat, args.warmup, device)
+    base = times["nn.LSTM"]
+    for label, (_, flops) in models.items():
+        yield Row(f"{name} ({batch}×{steps}, {inputs}→{hidden})", label, times[label], steps, flops, base)
 
 
 def variable_length_rows(size, args, device, checks: list[str]) -> Iterator[Row]:
@@ -147,11 +165,11 @@ def variable_length_rows(size, args, device, checks: list[str]) -> Iterator[Row]
         ("nn.LSTM, padded (wrong final states)", reference, x_padded, {}),
     ]
     candidates += [(f"{label}, lengths", m, x_padded, {"lengths": lengths.to(device)}) for label, m in hand_lstms(reference, device).items()]
-    base = None
-    for label, model, data, kwargs in candidates:
-        ms = None if model is None else best_ms(train_step(model, data, **kwargs), args.repeat, args.warmup, device)
-        base = ms if base is None else base
-        yield Row(case, label, ms, steps, flops, base)
+    fns = {label: model and train_step(model, data, **kwargs) for label, model, data, kwargs in candidates}
+    times = best_ms(fns, args.repeat, args.warmup, device)
+    base = times[candidates[0][0]]
+    for label, *_ in candidates:
+        yield Row(case, label, times[label], steps, flops, base)
 
     with torch.no_grad():
         out_ref, (h_ref, c_ref) = reference(packed)
@@ -169,7 +187,7 @@ def variable_length_rows(size, args, device, checks: list[str]) -> Iterator[Row]
 def square_matmul_gflops(device, n: int, repeat: int) -> float:
     a = torch.randn(n, n, device=device)
     b = torch.randn(n, n, device=device)
-    ms = best_ms(lambda: a @ b, max(repeat, 3), 1, device)
+    ms = best_ms({"matmul": lambda: a @ b}, max(repeat, 3), 1, device)["matmul"]
     return 2 * n**3 / (ms / 1e3) / 1e9
 
 
@@ -184,7 +202,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m lstmlab.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--threads", type=int, default=2, help="torch threads on the CPU")
-    parser.add_argument("--repeat", type=int, default=5, help="timed batches per row (the best is shown)")
+    parser.add_argument("--repeat", type=int, default=5, help="timed rounds per case (the best is shown)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed batches before timing")
     parser.add_argument("--sizes", default="adder,imdb,large,variable", help="comma-separated: adder, imdb, large, variable")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one repeat: a smoke test")

@@ -6,15 +6,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lstmlab.models import lstm_function
-from lstmlab.models.lstm_function import LSTMDirection, lstm_direction_manual
+from lstmlab.models import lstm_function, matmul
+from lstmlab.models.lstm_function import lstm_direction_manual
 
 F64 = torch.float64
 TOL = dict(rtol=0, atol=1e-10)
 
 
-def reference_direction(x, h, c, w_ih, w_hh, b_ih, b_hh, mask=None):
-    """x (B,T,I) batch-first; h, c (B,H); mask (B,T) bool or None. Returns out (B,T,H), h_T, c_T."""
+def reference_direction(x, h, c, w_ih, w_hh, b_ih, b_hh, lengths=None):
+    """x (B,T,I) batch-first; h, c (B,H); lengths (B,) or None. Returns out (B,T,H), h_T, c_T.
+
+    The plainest loop: every step for every sequence, a sequence's state frozen by a mask once
+    it has ended.
+    """
+    mask = None if lengths is None else lengths_mask(lengths, x.shape[1])
     xw = F.linear(x, w_ih, None if b_ih is None else b_ih + b_hh)  # W x_t + b, all steps at once
     outs = []
     for t, xw_t in enumerate(xw.unbind(1)):
@@ -44,7 +49,7 @@ def make_inputs(batch, steps, features, hidden, bias=True, dtype=F64, seed=0):
 
 
 def lengths_mask(lengths, steps):
-    return torch.arange(steps).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)
+    return torch.arange(steps).unsqueeze(0) < torch.as_tensor(lengths).unsqueeze(1)
 
 
 def grads_of(outputs, inputs, upstream):
@@ -70,31 +75,31 @@ def size_paths(request, monkeypatch):
     recurrent weight reordered once, and tanh taken as 2σ(2x) − 1 from doubled g-gate rows.
     """
     if request.param == "large_size_paths":
-        monkeypatch.setattr(lstm_function, "_ONEDNN_MIN_MACS", 0)
+        monkeypatch.setattr(matmul, "ONEDNN_MIN_MACS", 0)
         # reordered weights from 7 steps on: the float32 tests (6 and 9 steps) take both branches
-        monkeypatch.setattr(lstm_function, "_MIN_STEPS_TO_REORDER", 7)
+        monkeypatch.setattr(matmul, "MIN_STEPS_TO_REORDER", 7)
         monkeypatch.setattr(lstm_function, "_TANH_VIA_SIGMOID_MIN_ELEMENTS", 0)
     return request.param
 
 
-# A mask with a gap in the middle of a sequence as well as ragged ends: padding may be anywhere.
-GAPPY_MASK = torch.tensor([[True, True, False, True], [True, False, False, False], [False, True, True, True]])
+# Sequences of every kind: full length, ending early, ending at the same step, never starting.
+RAGGED = torch.tensor([4, 3, 3, 1, 0])
 
 
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
-@pytest.mark.parametrize("mask", [None, GAPPY_MASK], ids=["no_mask", "mask"])
-def test_gradcheck(bias, mask, size_paths):
-    inputs = make_inputs(3, 4, 2, 3, bias=bias)
-    assert torch.autograd.gradcheck(lambda *a: LSTMDirection.apply(*a, mask), inputs)
+@pytest.mark.parametrize("lengths", [None, RAGGED], ids=["full", "lengths"])
+def test_gradcheck(bias, lengths, size_paths):
+    inputs = make_inputs(5, 4, 2, 3, bias=bias)
+    assert torch.autograd.gradcheck(lambda *a: lstm_direction_manual(*a, lengths), inputs)
 
 
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
-@pytest.mark.parametrize("masked", [False, True], ids=["no_mask", "mask"])
-def test_matches_autograd_reference(bias, masked, size_paths):
+@pytest.mark.parametrize("ragged", [False, True], ids=["full", "lengths"])
+def test_matches_autograd_reference(bias, ragged, size_paths):
     inputs = make_inputs(4, 7, 5, 6, bias=bias, seed=1)
-    mask = lengths_mask([7, 3, 1, 5], 7) if masked else None
-    ref = reference_direction(*inputs, mask)
-    got = lstm_direction_manual(*inputs, mask)
+    lengths = torch.tensor([7, 5, 3, 1]) if ragged else None
+    ref = reference_direction(*inputs, lengths)
+    got = lstm_direction_manual(*inputs, lengths)
     assert_all_close(got, ref)
     upstream = [torch.randn_like(t) for t in ref]  # random ∂L/∂out, ∂L/∂h_T, ∂L/∂c_T
     assert_all_close(grads_of(got, inputs, upstream), grads_of(ref, inputs, upstream))
@@ -145,11 +150,11 @@ def test_float32_matches_torch_lstm(size_paths):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
-def test_float32_masked_matches_reference(size_paths):
+def test_float32_with_lengths_matches_reference(size_paths):
     inputs = make_inputs(4, 6, 5, 8, dtype=torch.float32, seed=13)
-    mask = lengths_mask([6, 4, 1, 5], 6)
-    ref = reference_direction(*inputs, mask)
-    got = lstm_direction_manual(*inputs, mask)
+    lengths = torch.tensor([6, 5, 4, 1])
+    ref = reference_direction(*inputs, lengths)
+    got = lstm_direction_manual(*inputs, lengths)
     upstream = [torch.randn_like(t) for t in ref]
     for a, e in zip(got, ref, strict=True):
         torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)
@@ -157,10 +162,10 @@ def test_float32_masked_matches_reference(size_paths):
         torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-5)
 
 
-def test_masked_batch_equals_each_sequence_alone(size_paths):
-    lengths = [5, 2, 1, 4]
+def test_batch_with_lengths_equals_each_sequence_alone(size_paths):
+    lengths = [5, 4, 2, 1]
     x, h0, c0, *weights = make_inputs(len(lengths), 5, 3, 4, seed=4)
-    out, h_t, c_t = lstm_direction_manual(x, h0, c0, *weights, lengths_mask(lengths, 5))
+    out, h_t, c_t = lstm_direction_manual(x, h0, c0, *weights, torch.tensor(lengths))
     batch_loss = sum(out[b, :n].sum() for b, n in enumerate(lengths)) + h_t.sum() + c_t.sum()
     batch_grads = torch.autograd.grad(batch_loss, weights)
 
@@ -177,8 +182,7 @@ def test_masked_batch_equals_each_sequence_alone(size_paths):
 
 def test_fully_padded_sequence_keeps_initial_state_and_passes_its_gradient():
     x, h0, c0, *weights = make_inputs(2, 3, 2, 3, seed=5)
-    mask = torch.tensor([[True, True, True], [False, False, False]])
-    out, h_t, c_t = lstm_direction_manual(x, h0, c0, *weights, mask)
+    out, h_t, c_t = lstm_direction_manual(x, h0, c0, *weights, torch.tensor([3, 0]))
     torch.testing.assert_close(h_t[1], h0[1], **TOL)
     torch.testing.assert_close(c_t[1], c0[1], **TOL)
     d_x, d_h0, d_c0 = torch.autograd.grad((out.sum() + h_t.sum() + 2 * c_t.sum()), [x, h0, c0])
@@ -187,12 +191,12 @@ def test_fully_padded_sequence_keeps_initial_state_and_passes_its_gradient():
     torch.testing.assert_close(d_c0[1], torch.full((3,), 2.0, dtype=F64), **TOL)
 
 
-@pytest.mark.parametrize("masked", [False, True], ids=["no_mask", "mask"])
-def test_single_step(masked, size_paths):
+@pytest.mark.parametrize("ragged", [False, True], ids=["full", "lengths"])
+def test_single_step(ragged, size_paths):
     inputs = make_inputs(3, 1, 4, 2, seed=6)
-    mask = torch.tensor([[True], [False], [True]]) if masked else None
-    ref = reference_direction(*inputs, mask)
-    got = lstm_direction_manual(*inputs, mask)
+    lengths = torch.tensor([1, 1, 0]) if ragged else None
+    ref = reference_direction(*inputs, lengths)
+    got = lstm_direction_manual(*inputs, lengths)
     assert got[0].shape == (3, 1, 2)
     assert_all_close(got, ref)
     upstream = [torch.randn_like(t) for t in ref]
@@ -208,14 +212,14 @@ def test_batch_of_one():
     assert_all_close(grads_of(got, inputs, upstream), grads_of(ref, inputs, upstream))
 
 
-@pytest.mark.parametrize("masked", [False, True], ids=["no_mask", "mask"])
-def test_weight_grads_without_input_or_state_grads(masked):
+@pytest.mark.parametrize("ragged", [False, True], ids=["full", "lengths"])
+def test_weight_grads_without_input_or_state_grads(ragged):
     x, h0, c0, *weights = make_inputs(3, 4, 2, 3, seed=8)
     x, h0, c0 = x.detach(), h0.detach(), c0.detach()  # data and state as a model gets them
-    mask = lengths_mask([4, 2, 3], 4) if masked else None
+    lengths = torch.tensor([4, 3, 2]) if ragged else None
     inputs = [x, h0, c0, *weights]
-    ref = reference_direction(*inputs, mask)
-    got = lstm_direction_manual(*inputs, mask)
+    ref = reference_direction(*inputs, lengths)
+    got = lstm_direction_manual(*inputs, lengths)
     upstream = [torch.randn_like(t) for t in ref]
     grads = grads_of(got, inputs, upstream)
     assert grads[:3] == [None, None, None]
@@ -240,11 +244,11 @@ def test_the_two_bias_gradients_are_separate_tensors():
     assert b_hh.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("masked", [False, True], ids=["no_mask", "mask"])
-def test_backward_twice_with_retained_graph_gives_the_same_gradients(masked):
+@pytest.mark.parametrize("ragged", [False, True], ids=["full", "lengths"])
+def test_backward_twice_with_retained_graph_gives_the_same_gradients(ragged):
     inputs = make_inputs(2, 4, 3, 2, seed=11)
-    mask = lengths_mask([4, 2], 4) if masked else None
-    out, h_t, c_t = lstm_direction_manual(*inputs, mask)
+    lengths = torch.tensor([4, 2]) if ragged else None
+    out, h_t, c_t = lstm_direction_manual(*inputs, lengths)
     loss = out.sum() + h_t.sum() + c_t.sum()
     first = torch.autograd.grad(loss, inputs, retain_graph=True)
     second = torch.autograd.grad(loss, inputs)
@@ -276,12 +280,12 @@ def test_backward_in_several_threads_at_once():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("masked", [False, True], ids=["no_mask", "mask"])
-def test_cuda_matches_autograd_reference(masked):
+@pytest.mark.parametrize("ragged", [False, True], ids=["full", "lengths"])
+def test_cuda_matches_autograd_reference(ragged):
     inputs = [t.detach().cuda().requires_grad_() for t in make_inputs(4, 7, 5, 6, seed=14)]
-    mask = lengths_mask([7, 3, 1, 5], 7).cuda() if masked else None
-    ref = reference_direction(*inputs, mask)
-    got = lstm_direction_manual(*inputs, mask)
+    lengths = torch.tensor([7, 5, 3, 1]) if ragged else None
+    ref = reference_direction(*inputs, lengths)
+    got = lstm_direction_manual(*inputs, lengths)
     assert all(t.is_cuda for t in got)
     assert_all_close(got, ref)
     upstream = [torch.randn_like(t) for t in ref]
@@ -302,12 +306,14 @@ def test_no_grad_forward_gives_the_same_outputs():
         (lambda a: {**a, "x": a["x"][:, :0]}, "x"),
         (lambda a: {**a, "h0": a["h0"][:1]}, "h0"),
         (lambda a: {**a, "w_hh": a["w_hh"][:-1]}, "weights"),
-        (lambda a: {**a, "mask": torch.ones(2, 3)}, "mask"),
+        (lambda a: {**a, "lengths": torch.tensor([2, 3])}, "longest first"),
+        (lambda a: {**a, "lengths": torch.tensor([4, 3])}, "lengths"),
+        (lambda a: {**a, "lengths": torch.tensor([3.0, 2.0])}, "integers"),
     ],
-    ids=["no_steps", "batch_mismatch", "bad_w_hh", "float_mask"],
+    ids=["no_steps", "batch_mismatch", "bad_w_hh", "unsorted_lengths", "too_long", "float_lengths"],
 )
 def test_bad_shapes_are_rejected(change, message):
     x, h0, c0, w_ih, w_hh, b_ih, b_hh = make_inputs(2, 3, 2, 3)
-    args = dict(x=x, h0=h0, c0=c0, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, mask=None)
+    args = dict(x=x, h0=h0, c0=c0, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, lengths=None)
     with pytest.raises(ValueError, match=message):
         lstm_direction_manual(**change(args))

@@ -4,33 +4,91 @@ import pytest
 import torch
 from torch import nn
 
-from lstmlab.models import HandLSTM, HandRNN
-from lstmlab.models.matmul import ONEDNN, linear, project, transposed, use_onednn
+from lstmlab.models import HandLSTM, HandRNN, matmul
+from lstmlab.models.matmul import ONEDNN, RecurrentProducts, StepWeight, matmul_t, sum_of_outer_products
 
 needs_onednn = pytest.mark.skipif(not ONEDNN, reason="torch without oneDNN: the fallback is torch's own op")
 
 
-@needs_onednn
-def test_onednn_linear_equals_addmm_with_gradients():
-    torch.manual_seed(0)
-    x = torch.randn(64, 96, requires_grad=True)  # big enough to take the oneDNN path
-    w = torch.randn(256, 96, requires_grad=True)
-    other = torch.randn(64, 256, requires_grad=True)
-    assert use_onednn(x, w)
-    got = linear(x, w, transposed(w, 64), other)
-    want = torch.addmm(other, x, w.t())
-    assert torch.allclose(got, want, atol=1e-5)
-    grads = torch.autograd.grad(got.pow(2).sum(), (x, w, other))
-    expected = torch.autograd.grad(want.pow(2).sum(), (x, w, other))
-    for g, e in zip(grads, expected):  # float32 sums of a few hundred terms: relative to the largest
-        assert (g - e).abs().max() <= 1e-5 * e.abs().max()
+@pytest.fixture(params=["small_size_paths", "large_size_paths"])
+def size_paths(request, monkeypatch):
+    """Run a test down both routes: torch's own products, and oneDNN's with reordered weights."""
+    if request.param == "large_size_paths":
+        if not ONEDNN:
+            pytest.skip("torch without oneDNN")
+        monkeypatch.setattr(matmul, "ONEDNN_MIN_MACS", 0)
+        monkeypatch.setattr(matmul, "MIN_STEPS_TO_REORDER", 0)
+    return request.param
 
 
-@needs_onednn
-def test_projection_with_bias_equals_f_linear():
+def test_products_equal_torch_mm(size_paths):
     torch.manual_seed(0)
-    x, w, b = torch.randn(16, 64, 32), torch.randn(128, 32), torch.randn(128)
-    assert torch.allclose(project(x, w, b), nn.functional.linear(x, w, b), atol=1e-5)
+    a, w, bias = torch.randn(40, 24), torch.randn(56, 24), torch.randn(56)
+    d_rows = torch.randn(40, 56)
+    torch.testing.assert_close(matmul_t(a, w, bias), torch.addmm(bias, a, w.t()))
+    torch.testing.assert_close(matmul_t(a, w.t().contiguous().t()), a @ w.t())  # w not contiguous
+    torch.testing.assert_close(sum_of_outer_products(d_rows, a), d_rows.t() @ a)
+
+
+def test_step_weight_is_a_constant_with_gradients_for_h_and_the_added_term(size_paths):
+    torch.manual_seed(0)
+    w = torch.randn(56, 24, requires_grad=True)
+    h = torch.randn(16, 24, requires_grad=True)
+    other = torch.randn(16, 56, requires_grad=True)
+    step = StepWeight(w, batch=16, steps=10)
+    got = step.step(h, other)
+    want = torch.addmm(other, h, w.detach().t())
+    torch.testing.assert_close(got, want)
+    upstream = torch.randn_like(want)
+    grads = torch.autograd.grad(got, (h, other), upstream)
+    torch.testing.assert_close(grads, torch.autograd.grad(want, (h, other), upstream))
+    assert torch.autograd.grad(step.step(h, other).sum(), w, allow_unused=True) == (None,)  # w: a constant
+    torch.testing.assert_close(step.transposed().step(other.detach()), other.detach() @ w.detach())
+
+
+def test_recurrent_products_give_every_gradient_autograd_gives(size_paths):
+    """∂L/∂U is taken once over all steps in the projection's backward: it must equal autograd's sum."""
+    torch.manual_seed(0)
+    batch, steps, features, hidden = 16, 5, 6, 8
+    x = torch.randn(batch, steps, features, requires_grad=True)
+    w_ih = torch.randn(hidden, features, requires_grad=True)
+    w_hh = torch.randn(hidden, hidden, requires_grad=True)
+    bias = torch.randn(hidden, requires_grad=True)
+    h0 = torch.randn(batch, hidden, requires_grad=True)
+    wrt = (x, w_ih, w_hh, bias, h0)
+
+    def run(first_step):
+        h, outs = h0, []
+        for t in range(steps):
+            h = torch.tanh(first_step(t, h))
+            outs.append(h)
+        return torch.stack(outs, 1)
+
+    rows = x.transpose(0, 1).reshape(steps * batch, features)  # step after step
+    products = RecurrentProducts(rows, w_ih, bias, w_hh, [batch] * steps)
+    got = run(products.step)
+    want = run(lambda t, h: x[:, t] @ w_ih.t() + bias + h @ w_hh.t())
+    torch.testing.assert_close(got, want)
+    upstream = torch.randn_like(want)
+    for g, e in zip(torch.autograd.grad(got, wrt, upstream), torch.autograd.grad(want, wrt, upstream), strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4)
+
+
+def test_recurrent_products_in_float64_pass_gradcheck():
+    torch.manual_seed(0)
+    x = torch.randn(3, 4, 2, dtype=torch.float64, requires_grad=True)
+    w_ih, w_hh, bias, h0 = (torch.randn(*shape, dtype=torch.float64, requires_grad=True) for shape in ((5, 2), (5, 5), (5,), (3, 5)))
+
+    def run(x, w_ih, w_hh, bias, h0):
+        sizes = [3, 2, 2, 1]  # fewer sequences running at each step, as with lengths 4, 3, 1
+        rows = torch.cat([x[:n, t] for t, n in enumerate(sizes)])
+        products, h, outs = RecurrentProducts(rows, w_ih, bias, w_hh, sizes), h0, []
+        for t, n in enumerate(sizes):
+            h = torch.tanh(products.step(t, h[:n]))
+            outs.append(h)
+        return torch.cat(outs)
+
+    assert torch.autograd.gradcheck(run, (x, w_ih, w_hh, bias, h0))
 
 
 @pytest.mark.parametrize("lengths", [None, torch.tensor([6, 3, 5, 1] * 4)])

@@ -8,7 +8,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from lstmlab.models import HandLSTM, SequenceModel
-from lstmlab.models.variable_length import reverse_within_lengths
+from lstmlab.models.variable_length import RunningRows, reverse_within_lengths
 
 TOL = dict(rtol=0, atol=1e-10)
 
@@ -127,6 +127,51 @@ def test_lengths_give_each_sequence_the_result_it_gets_alone():
         torch.testing.assert_close(out[b : b + 1, :n], alone_out, **TOL)
         torch.testing.assert_close(h[:, b], alone_h[:, 0], **TOL)
         assert torch.all(out[b, n:] == 0)  # padding never leaks into the outputs
+
+
+@pytest.mark.parametrize("backward", ["autograd", "manual"])
+def test_padding_is_never_computed_so_even_nan_there_changes_nothing(backward):
+    """Past its length a sequence is not run at all (not run and masked): garbage there cannot leak."""
+    torch.manual_seed(0)
+    hand = HandLSTM(3, 5, num_layers=2, bidirectional=True, batch_first=True, backward=backward).double()
+    x, lengths = padded_batch([4, 6, 1])
+    results = []
+    for fill in (0.0, float("nan")):
+        x_filled = x.clone()
+        for b, n in enumerate(lengths.tolist()):
+            x_filled[b, n:] = fill
+        x_filled.requires_grad_(True)
+        hand.zero_grad()
+        out, (h, c) = hand(x_filled, lengths=lengths)
+        (out.sum() + h.sum() + c.sum()).backward()
+        grads = [x_filled.grad] + [p.grad.clone() for p in hand.parameters()]
+        assert all(torch.isfinite(t).all() for t in (out, h, c, *grads))
+        results.append((out, h, c, *grads))
+    for with_zeros, with_nan in zip(*results, strict=True):
+        torch.testing.assert_close(with_nan, with_zeros, **TOL)
+
+
+def test_running_rows_follow_the_lengths_step_by_step():
+    running = RunningRows(4, 5, torch.tensor([5, 3, 3, 0]))
+    assert running.sizes == [3, 3, 3, 1, 1]  # sequences longer than t; the empty one never runs
+    x = torch.arange(4 * 5.0).view(4, 5, 1)  # x[b, t] = 5b + t
+    rows = running.rows(x)
+    assert rows[:, 0].tolist() == [0, 5, 10, 1, 6, 11, 2, 7, 12, 3, 4]  # step after step
+    assert [step[:, 0].tolist() for step in running.per_step(rows)][3:] == [[3], [4]]
+    padded = running.padded(rows)
+    assert torch.equal(padded[:3, :3], x[:3, :3]) and not padded[1:, 3:].any() and not padded[3].any()
+    sequences, last = running.last_rows()
+    assert sequences.tolist() == [0, 1, 2] and rows[last, 0].tolist() == [4, 7, 12]
+    assert running.previous(-torch.ones(4, 1), rows)[:, 0].tolist() == [-1, -1, -1, 0, 5, 10, 1, 6, 11, 2, 3]
+
+
+@pytest.mark.parametrize(
+    "lengths, message",
+    [([2, 3], "longest first"), ([4, 3], "0..3"), ([3.0, 2.0], "integers"), ([3], "2 integers")],
+)
+def test_running_rows_refuse_lengths_they_cannot_run(lengths, message):
+    with pytest.raises(ValueError, match=message):
+        RunningRows(2, 3, torch.tensor(lengths))
 
 
 def test_reverse_within_lengths_keeps_padding_in_place():

@@ -11,36 +11,38 @@ from __future__ import annotations
 
 import torch
 
-from .matmul import linear, project, transposed
+from .matmul import RecurrentProducts
 from .stacked import StackedRecurrent
-from .variable_length import advance
+from .variable_length import RunningRows, drop_ended, final_state
 
 
-def lstm_direction(x, h, c, w_ih, w_hh, b_ih, b_hh, mask=None):
+def lstm_direction(x, h, c, w_ih, w_hh, b_ih, b_hh, lengths=None):
     """One direction of one LSTM layer over a whole batch-first sequence, with autograd.
 
-    x (B, T, I); h, c (B, H); mask (B, T) bool or None: where False, the step is padding,
-    the state passes through unchanged and the output is 0. Returns out (B, T, H), h_T, c_T.
+    x (B, T, I); h, c (B, H); lengths (B,) sorted longest first, or None: every sequence runs
+    all T steps. A sequence's steps past its length output 0 and leave its state alone.
+    Returns out (B, T, H), h_T, c_T (each sequence's state after its last step).
 
     Few ops a step (each op is a graph node, and at small sizes their overhead is the cost):
     one matmul for the four gates, one sigmoid over all of them, a tanh on the g slice.
     """
     hidden = h.shape[1]
+    running = RunningRows(x.shape[0], x.shape[1], lengths)  # step t runs the first n_t rows
     bias = None if b_ih is None else b_ih + b_hh
-    xw = project(x, w_ih, bias)  # W x_t + b for every t in one matmul: (B, T, 4H)
-    u_t = transposed(w_hh, h.shape[0])
-    outs = []
-    # unbind (of a time-major copy), not x[:, t]: the backward of a slice writes a zero
-    # gradient the size of the whole sequence per step (O(T²) memory traffic)
-    for t, xw_t in enumerate(xw.transpose(0, 1).contiguous().unbind(0)):
-        gates = linear(h, w_hh, u_t, xw_t)  # W x_t + U h_{t-1} + b, all four gates: (B, 4H)
+    # W x_t + b for every step in one product, on rows laid out step after step: no x[:, t]
+    # slices, whose backward writes a zero gradient the size of the whole sequence per step
+    products = RecurrentProducts(running.rows(x), w_ih, bias, w_hh, running.sizes)
+    outs, ended = [], []
+    for t, n in enumerate(running.sizes):
+        h, c = drop_ended((h, c), n, ended)  # sequences that have ended keep their state
+        gates = products.step(t, h)  # W x_t + U h_{t-1} + b, all four gates: (n, 4H)
         i, f, _, o = torch.sigmoid(gates).chunk(4, 1)  # i_t, f_t, o_t = σ(W x_t + U h_{t-1} + b)
         g = torch.tanh(gates[:, 2 * hidden : 3 * hidden])  # g_t = tanh(W_g x_t + U_g h_{t-1} + b_g)
-        c_new = torch.addcmul(f * c, i, g)  # c_t = f_t ⊙ c_{t-1} + i_t ⊙ g_t
-        h_new = o * torch.tanh(c_new)  # h_t = o_t ⊙ tanh(c_t)
-        (h, c), out = advance((h, c), (h_new, c_new), None if mask is None else mask[:, t])
-        outs.append(out)
-    return torch.stack(outs, 1), h, c
+        c = torch.addcmul(f * c, i, g)  # c_t = f_t ⊙ c_{t-1} + i_t ⊙ g_t
+        h = o * torch.tanh(c)  # h_t = o_t ⊙ tanh(c_t)
+        outs.append(h)
+    h, c = final_state((h, c), ended)
+    return running.padded(torch.cat(outs) if outs else x.new_zeros(0, hidden)), h, c
 
 
 class HandLSTM(StackedRecurrent):

@@ -13,28 +13,29 @@ from __future__ import annotations
 
 import torch
 
-from .matmul import linear, project, transposed
+from .matmul import RecurrentProducts
 from .stacked import StackedRecurrent
-from .variable_length import advance
+from .variable_length import RunningRows, drop_ended, final_state
 
 NONLINEARITIES = {"tanh": torch.tanh, "relu": torch.relu}
 
 
-def rnn_direction(x, h, w_ih, w_hh, b_ih, b_hh, mask=None, activation=torch.tanh):
+def rnn_direction(x, h, w_ih, w_hh, b_ih, b_hh, lengths=None, activation=torch.tanh):
     """One direction of one RNN layer over a batch-first sequence: x (B, T, I), h (B, H).
 
-    mask (B, T) bool or None: where False the step is padding, h passes through unchanged and
-    the output is 0. Returns out (B, T, H) and h_T.
+    lengths (B,) sorted longest first, or None: as :func:`lstmlab.models.hand_lstm.lstm_direction`.
+    Returns out (B, T, H) and h_T.
     """
+    running = RunningRows(x.shape[0], x.shape[1], lengths)  # step t runs the first n_t rows
     bias = None if b_ih is None else b_ih + b_hh
-    xw = project(x, w_ih, bias)  # W x_t + b for every t in one matmul: (B, T, H)
-    u_t = transposed(w_hh, h.shape[0])
-    outs = []
-    for t, xw_t in enumerate(xw.transpose(0, 1).contiguous().unbind(0)):  # unbind, not x[:, t] (see lstm_direction)
-        h_new = activation(linear(h, w_hh, u_t, xw_t))  # h_t = tanh(W x_t + U h_{t-1} + b)
-        (h,), out = advance((h,), (h_new,), None if mask is None else mask[:, t])
-        outs.append(out)
-    return torch.stack(outs, 1), h
+    products = RecurrentProducts(running.rows(x), w_ih, bias, w_hh, running.sizes)  # W x_t + b, all t at once
+    outs, ended = [], []
+    for t, n in enumerate(running.sizes):
+        (h,) = drop_ended((h,), n, ended)  # sequences that have ended keep their state
+        h = activation(products.step(t, h))  # h_t = tanh(W x_t + U h_{t-1} + b)
+        outs.append(h)
+    (h,) = final_state((h,), ended)
+    return running.padded(torch.cat(outs) if outs else x.new_zeros(0, h.shape[1])), h
 
 
 class HandRNN(StackedRecurrent):
@@ -63,8 +64,8 @@ class HandRNN(StackedRecurrent):
     def _direction_fn(self):
         activation = NONLINEARITIES[self.nonlinearity]
 
-        def run(x, h, w_ih, w_hh, b_ih, b_hh, mask):
-            return rnn_direction(x, h, w_ih, w_hh, b_ih, b_hh, mask, activation)
+        def run(x, h, w_ih, w_hh, b_ih, b_hh, lengths):
+            return rnn_direction(x, h, w_ih, w_hh, b_ih, b_hh, lengths, activation)
 
         return run
 

@@ -19,34 +19,35 @@ import torch.nn.functional as F
 from torch import nn
 
 from .hand_lstm import HandLSTM
-from .matmul import linear, project, transposed
-from .variable_length import advance
+from .matmul import RecurrentProducts
+from .variable_length import RunningRows, drop_ended, final_state
 
 EPS = 1e-5  # as nn.LayerNorm
 
 
-def layernorm_lstm_direction(x, h, c, w_ih, w_hh, b_ih, b_hh, gate_w, gate_b, cell_w, cell_b, mask=None):
+def layernorm_lstm_direction(x, h, c, w_ih, w_hh, b_ih, b_hh, gate_w, gate_b, cell_w, cell_b, lengths=None):
     """One direction of one LayerNorm-LSTM layer over a batch-first sequence, with autograd.
 
     Arguments and results as :func:`lstmlab.models.hand_lstm.lstm_direction`, plus the norms'
     gains and shifts.
     """
     hidden = h.shape[1]
+    running = RunningRows(x.shape[0], x.shape[1], lengths)  # step t runs the first n_t rows
     bias = None if b_ih is None else b_ih + b_hh
-    xw = project(x, w_ih, bias)  # W x_t + b for every t in one matmul: (B, T, 4H)
-    u_t = transposed(w_hh, h.shape[0])
-    outs = []
-    for t, xw_t in enumerate(xw.transpose(0, 1).contiguous().unbind(0)):
-        gates = linear(h, w_hh, u_t, xw_t)  # a_t = W x_t + U h_{t-1} + b, all four gates
+    products = RecurrentProducts(running.rows(x), w_ih, bias, w_hh, running.sizes)  # W x_t + b, all t at once
+    outs, ended = [], []
+    for t, n in enumerate(running.sizes):
+        h, c = drop_ended((h, c), n, ended)  # sequences that have ended keep their state
+        gates = products.step(t, h)  # a_t = W x_t + U h_{t-1} + b, all four gates
         # 4 groups of H units = a LayerNorm of each gate's pre-activation, with its own gain/shift
         gates = F.group_norm(gates, 4, gate_w, gate_b, EPS)  # LN_i(a_i), LN_f(a_f), LN_g(a_g), LN_o(a_o)
         i, f, _, o = torch.sigmoid(gates).chunk(4, 1)  # i_t, f_t, o_t = σ(LN(a))
         g = torch.tanh(gates[:, 2 * hidden : 3 * hidden])  # g_t = tanh(LN_g(a_g))
-        c_new = torch.addcmul(f * c, i, g)  # c_t = f_t ⊙ c_{t-1} + i_t ⊙ g_t
-        h_new = o * torch.tanh(F.layer_norm(c_new, (hidden,), cell_w, cell_b, EPS))  # h_t = o_t ⊙ tanh(LN_c(c_t))
-        (h, c), out = advance((h, c), (h_new, c_new), None if mask is None else mask[:, t])
-        outs.append(out)
-    return torch.stack(outs, 1), h, c
+        c = torch.addcmul(f * c, i, g)  # c_t = f_t ⊙ c_{t-1} + i_t ⊙ g_t
+        h = o * torch.tanh(F.layer_norm(c, (hidden,), cell_w, cell_b, EPS))  # h_t = o_t ⊙ tanh(LN_c(c_t))
+        outs.append(h)
+    h, c = final_state((h, c), ended)
+    return running.padded(torch.cat(outs) if outs else x.new_zeros(0, hidden)), h, c
 
 
 class LayerNormLSTM(HandLSTM):

@@ -1,85 +1,181 @@
-"""``x @ w.T (+ other)`` for the recurrent loops, through oneDNN on the CPU where it can.
+"""The matrix products of the recurrent loops, made fast without hiding the equations.
 
-torch.mm on the CPU goes to MKL, which on AMD processors takes its AVX2 path; nn.LSTM runs
-oneDNN's kernels (AVX-512 where the CPU has it). Measured on an AMD EPYC (Zen 5), one thread:
-a 32×512 by 512×2048 product took 0.73 ms through F.linear and 0.38 ms through oneDNN. So
-float32 CPU tensors go through oneDNN's linear (``torch.ops.mkldnn._linear_pointwise``, the
-op torch's own compiler uses) with a backward written here; anything else (float64, CUDA, a
-torch without oneDNN, or if the probe at import fails) uses torch.addmm / F.linear.
-The result is the same product; only the float32 rounding of the sums can differ.
+Two things decide how fast a hand-written recurrent layer runs, and both are products:
+
+* **Which GEMM.** On the CPU torch.mm calls MKL, whose float32 GEMM takes its AVX2 path on AMD
+  processors; nn.LSTM runs oneDNN's kernels (AVX-512 where the CPU has it). Measured on an AMD
+  EPYC (Zen 5), one thread: a 32×512 by 512×2048 product took 0.73 ms through F.linear and
+  0.38 ms through oneDNN. So float32 CPU products large enough to repay oneDNN's call overhead
+  (about 15 µs) go through oneDNN's inner product (``torch.ops.mkldnn._linear_pointwise``, the
+  op torch's own compiler emits), and a weight used at every step is reordered once into
+  oneDNN's blocked layout. Anything else (float64, CUDA, small products, a torch without
+  oneDNN) uses torch.mm / addmm. The products are the same; only float32 rounding can differ.
+* **Where the recurrent weight's gradient is taken.** With a_t = W x_t + b + U h_{t-1},
+  autograd left to itself takes three products per step (the forward one, ∂L/∂h_{t-1} and
+  ∂L/∂U) and then adds up T weight-sized gradients. But ∂L/∂U = Σ_t ∂L/∂a_tᵀ h_{t-1}, and
+  ∂L/∂a_t is exactly the gradient that reaches W x_t + b, a_t's other term. So
+  :class:`RecurrentProducts` multiplies by U detached at each step (autograd then only takes
+  ∂L/∂h_{t-1}) and lets the input projection's backward, which receives ∂L/∂a_t for all steps
+  at once, take ∂L/∂U as one product over all the rows of the sequence, just as it takes ∂L/∂W.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 
-def _probe() -> bool:
+def _find_onednn_ops():
+    """(linear, reorder_weight) from torch.ops.mkldnn if they work here, else (None, None)."""
+    if not torch.backends.mkldnn.is_available():
+        return None, None
     try:
-        op = torch.ops.mkldnn._linear_pointwise
+        linear = torch.ops.mkldnn._linear_pointwise
+        reorder = torch.ops.mkldnn._reorder_linear_weight.default
         x, w = torch.ones(2, 3), torch.ones(4, 3)
-        return bool(torch.equal(op(x, w, None, "none", [], ""), torch.full((2, 4), 3.0))) and bool(
-            torch.equal(op.binary(x, torch.ones(2, 4), w, None, "add"), torch.full((2, 4), 4.0))
-        )
-    except Exception:  # any torch without the op, or built without oneDNN
-        return False
+        if torch.equal(linear.binary(x, torch.ones(2, 4), reorder(w, 2), None, "add"), torch.full((2, 4), 4.0)):
+            return linear, reorder
+    except Exception:  # a torch without the ops, or built without oneDNN
+        pass
+    return None, None
 
 
-ONEDNN = torch.backends.mkldnn.is_available() and _probe()
+_ONEDNN_LINEAR, _ONEDNN_REORDER_WEIGHT = _find_onednn_ops()
+ONEDNN = _ONEDNN_LINEAR is not None
+
+ONEDNN_MIN_MACS = 1 << 20  # below about a million multiply-adds MKL's lower call overhead wins
+MIN_STEPS_TO_REORDER = 8  # reordering costs about one step's product; it saves 10-40% of each
 
 
-def _dnn(x: Tensor, w: Tensor) -> Tensor:
-    return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
+def use_onednn(like: Tensor, rows: int, inner: int, cols: int) -> bool:
+    """Whether a (rows, inner) @ (inner, cols) product of ``like``'s dtype and device goes to oneDNN."""
+    return ONEDNN and like.device.type == "cpu" and like.dtype == torch.float32 and rows * inner * cols >= ONEDNN_MIN_MACS
 
 
-class _OneDnnLinear(torch.autograd.Function):
-    """x (N, K) @ w (M, K).T + other (N, M) or None; w_t = w.T made contiguous once, no grad."""
+def _onednn(a: Tensor, w: Tensor, bias: Tensor | None = None) -> Tensor:
+    return _ONEDNN_LINEAR(a, w, bias, "none", [], "")
+
+
+def matmul_t(a: Tensor, w: Tensor, bias: Tensor | None = None) -> Tensor:
+    """a @ wᵀ (+ bias) for a (rows, k) and w (n, k), as a new (rows, n) tensor. No autograd."""
+    if use_onednn(a, a.shape[0], w.shape[1], w.shape[0]):
+        return _onednn(a.contiguous(), w.contiguous(), bias)
+    return torch.mm(a, w.t()) if bias is None else torch.addmm(bias, a, w.t())
+
+
+def sum_of_outer_products(d_rows: Tensor, rows: Tensor, scratch: Tensor | None = None) -> Tensor:
+    """Σ_r d_rows[r]ᵀ rows[r], (n, k) from d_rows (R, n) and rows (R, k): a weight's gradient.
+
+    Taken as (rowsᵀ d_rows)ᵀ, which both oneDNN and MKL do faster for these shapes. oneDNN wants
+    rowsᵀ contiguous: ``scratch``, a (k, R) tensor, may be given to hold it.
+    """
+    if use_onednn(rows, rows.shape[1], rows.shape[0], d_rows.shape[1]):
+        rows_t = rows.t().contiguous() if scratch is None else scratch.copy_(rows.t())
+        return _onednn(rows_t, d_rows.t()).t()
+    return rows.t().mm(d_rows).t()
+
+
+class StepWeight:
+    """A weight w (n, k) prepared for ``steps`` products with ``batch`` rows, one per step.
+
+    ``step(h, other)`` gives other + h @ wᵀ (or h @ wᵀ) as a new tensor, with gradients for h
+    and other under autograd and none for w: w is taken as a constant.
+    """
+
+    def __init__(self, w: Tensor, batch: int, steps: int) -> None:
+        w = w.detach()
+        self._source, self._batch, self._steps = w, batch, steps
+        self.onednn = use_onednn(w, batch, w.shape[1], w.shape[0])
+        self._transposed = None
+        if self.onednn:
+            w = w.contiguous()
+            self.w = _ONEDNN_REORDER_WEIGHT(w, batch) if steps >= MIN_STEPS_TO_REORDER else w
+        else:
+            self.w = w.t()  # a view: torch.mm takes it as is
+
+    def step(self, h: Tensor, other: Tensor | None = None) -> Tensor:
+        if not self.onednn:
+            return torch.mm(h, self.w) if other is None else torch.addmm(other, h, self.w)
+        if torch.is_grad_enabled() and (h.requires_grad or (other is not None and other.requires_grad)):
+            return _OneDnnStep.apply(h, other, self)
+        return self._onednn_step(h, other)
+
+    def add_to(self, out: Tensor, h: Tensor) -> Tensor:
+        """out + h @ wᵀ without autograd: into ``out`` itself where that is cheaper (torch.mm's
+        path), else as a new tensor (oneDNN's, which fuses the sum into the product)."""
+        return self._onednn_step(h, out) if self.onednn else out.addmm_(h, self.w)
+
+    def _onednn_step(self, h: Tensor, other: Tensor | None) -> Tensor:
+        h = h.contiguous()
+        return _onednn(h, self.w) if other is None else _ONEDNN_LINEAR.binary(h, other.contiguous(), self.w, None, "add")
+
+    def transposed(self) -> StepWeight:
+        """The same weight prepared for products with wᵀ (made once, when first asked for)."""
+        if self._transposed is None:
+            self._transposed = StepWeight(self._source.t(), self._batch, self._steps)
+        return self._transposed
+
+
+class _OneDnnStep(torch.autograd.Function):
+    """other + h @ wᵀ through oneDNN with w constant: ∂L/∂h = ∂L/∂out w, ∂L/∂other = ∂L/∂out."""
 
     @staticmethod
-    def forward(ctx, x, w, w_t, other):
-        ctx.save_for_backward(x, w_t)
-        ctx.has_other = other is not None
-        if other is None:
-            return _dnn(x, w)
-        return torch.ops.mkldnn._linear_pointwise.binary(x, other, w, None, "add")
+    def forward(ctx, h, other, weight: StepWeight):
+        ctx.weight = weight
+        return weight._onednn_step(h, other)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
-        x, w_t = ctx.saved_tensors
-        grad = grad.contiguous()
-        grad_x = _dnn(grad, w_t) if ctx.needs_input_grad[0] else None  # dL/dx = grad @ w
-        grad_w = _dnn(grad.t().contiguous(), x.t().contiguous()) if ctx.needs_input_grad[1] else None  # grad.T @ x
-        return grad_x, grad_w, None, (grad if ctx.has_other else None)
+        d_h = ctx.weight.transposed().step(grad) if ctx.needs_input_grad[0] else None
+        return d_h, (grad if ctx.needs_input_grad[1] else None), None
 
 
-MIN_MACS = 1 << 20  # below this, a Python-level Function's overhead (tens of µs) costs more than it saves
+class RecurrentProducts:
+    """The products of one direction of a recurrent layer: a_t = W x_t + b + U h_{t-1}.
+
+    Made from the rows of a sequence, x_rows (R, I): step 0's ``sizes[0]`` rows, then step 1's,
+    and so on (see :class:`~lstmlab.models.variable_length.RunningRows`), W (G, I), b (G,) or
+    None and U (G, H). W x_t + b is taken for every row in one product there and then;
+    ``step(t, h)`` returns a_t (sizes[t], G) for t = 0, 1, ... in order. Autograd differentiates
+    it all, with U's gradient taken once over every step in the input projection's backward
+    (see the module docstring).
+    """
+
+    def __init__(self, x_rows: Tensor, w_ih: Tensor, bias: Tensor | None, w_hh: Tensor, sizes: list[int]) -> None:
+        self._u = StepWeight(w_hh, max(sizes, default=0), len(sizes))
+        # the h_{t-1} that U multiplies, for ∂L/∂U; detached: the projection's backward keeps
+        # them, and a link from them back into the graph would be a reference cycle
+        self._inputs: list[Tensor] | None = [] if torch.is_grad_enabled() and w_hh.requires_grad else None
+        xw = _InputProjection.apply(x_rows, w_ih, bias, w_hh, self._inputs)
+        self._xw = xw.split(sizes)  # W x_t + b, (sizes[t], G) for each t
+
+    def step(self, t: int, h: Tensor) -> Tensor:
+        if self._inputs is not None:
+            self._inputs.append(h.detach())
+        return self._u.step(h, self._xw[t])  # W x_t + b + U h_{t-1}
 
 
-def use_onednn(x: Tensor, w: Tensor) -> bool:
-    """float32 on the CPU, and a product big enough: x (N, K) @ w.T with N·w.numel() ≥ MIN_MACS."""
-    return ONEDNN and x.device.type == "cpu" and x.dtype == torch.float32 and x.shape[0] * w.numel() >= MIN_MACS
+class _InputProjection(torch.autograd.Function):
+    """x_rows Wᵀ + b whose backward also gives ∂L/∂U = Σ_t ∂L/∂a_tᵀ h_{t-1} (U itself unused)."""
 
+    @staticmethod
+    def forward(ctx, x_rows, w_ih, bias, w_hh, h_inputs):
+        ctx.save_for_backward(x_rows, w_ih)
+        ctx.h_inputs = h_inputs  # filled by RecurrentProducts.step as the loop runs
+        return matmul_t(x_rows, w_ih, bias)
 
-def transposed(w: Tensor, rows: int) -> Tensor:
-    """w.T for :func:`linear` with x of ``rows`` rows: contiguous for oneDNN's backward, else a view."""
-    return w.detach().t().contiguous() if use_onednn(w.new_empty(rows, 0), w) else w.t()
-
-
-def linear(x: Tensor, w: Tensor, w_t: Tensor, other: Tensor | None = None) -> Tensor:
-    """other + x @ w.T for 2-D x (N, K); w_t from :func:`transposed`."""
-    if x.dim() == 2 and use_onednn(x, w):
-        return _OneDnnLinear.apply(x.contiguous(), w, w_t, None if other is None else other.contiguous())
-    if other is None:
-        return F.linear(x, w)
-    return torch.addmm(other, x, w.t())
-
-
-def project(x: Tensor, w: Tensor, bias: Tensor | None) -> Tensor:
-    """x (B, T, I) @ w.T + bias for every step in one product: (B, T, out)."""
-    batch, steps, _ = x.shape
-    if not use_onednn(x.new_empty(batch * steps, 0), w):
-        return F.linear(x, w, bias)
-    out = linear(x.reshape(batch * steps, -1), w, transposed(w, batch * steps)).view(batch, steps, -1)
-    return out if bias is None else out + bias
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, d_rows):  # d_rows: ∂L/∂a_t for all T*B time-major rows
+        x_rows, w_ih = ctx.saved_tensors
+        need_x, need_w_ih, need_bias, need_w_hh, _ = ctx.needs_input_grad
+        d_rows = d_rows.contiguous()
+        d_x = matmul_t(d_rows, w_ih.t()) if need_x else None  # ∂L/∂x_t = ∂L/∂a_t W
+        d_w_ih = sum_of_outer_products(d_rows, x_rows) if need_w_ih else None  # Σ_t ∂L/∂a_tᵀ x_t
+        d_bias = d_rows.sum(0) if need_bias else None  # Σ_t ∂L/∂a_t
+        d_w_hh = None
+        if need_w_hh:
+            d_w_hh = sum_of_outer_products(d_rows, torch.cat(ctx.h_inputs))  # Σ_t ∂L/∂a_tᵀ h_{t-1}
+        return d_x, d_w_ih, d_bias, d_w_hh, None

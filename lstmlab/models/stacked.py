@@ -4,7 +4,10 @@ A subclass says how many weight blocks a cell has (``gates``: 4 for the LSTM, 1 
 plain RNN), how many state tensors it carries (``state_size``: 2 for (h, c), 1 for h) and
 which function runs one direction of one layer over a whole sequence::
 
-    run(x, *state, *weights, mask) -> (out, *final_state)
+    run(x, *state, *weights, lengths) -> (out, *final_state)
+
+A padded batch runs sorted longest first (see :mod:`lstmlab.models.variable_length`): the
+rows are put in that order once, before the first layer, and back after the last.
 
 The parameters follow torch's names and shapes (``weight_ih_l{k}``, ``weight_hh_l{k}``,
 ``bias_ih_l{k}``, ``bias_hh_l{k}``, ``_reverse`` for the backward direction), so a state_dict
@@ -20,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from .variable_length import reverse_within_lengths, step_mask
+from .variable_length import reverse_within_lengths
 
 
 class StackedRecurrent(nn.Module):
@@ -86,12 +89,28 @@ class StackedRecurrent(nn.Module):
             input, lengths = pad_packed_sequence(input, batch_first=True)
         elif not self.batch_first:
             input = input.transpose(0, 1)
-        batch, steps = input.shape[0], input.shape[1]
-        if lengths is not None:
-            lengths = torch.as_tensor(lengths, device=input.device)
-        mask = None if lengths is None else step_mask(lengths, steps)
+        batch = input.shape[0]
         initial = self._initial_state(input, hx, batch)
+        given_lengths = None if lengths is None else _checked_lengths(lengths, batch)
+        order = None
+        if given_lengths is not None:
+            lengths, order = given_lengths.sort(descending=True, stable=True)  # longest first, on the CPU
+            input, initial = _reordered(input, initial, order)
 
+        output, state = self._run_layers(input, initial, lengths)
+
+        if order is not None:
+            output, state = _reordered(output, state, order.argsort())  # back in the caller's order
+        if packed:
+            output = pack_padded_sequence(output, given_lengths, batch_first=True, enforce_sorted=False)
+        elif self.batch_first:
+            output = output.contiguous()
+        else:
+            output = output.transpose(0, 1).contiguous()  # as nn.LSTM returns it
+        return output, (state if self.state_size > 1 else state[0])
+
+    def _run_layers(self, input: Tensor, initial: tuple[Tensor, ...], lengths: Tensor | None):
+        """Every layer and direction over a batch-first input sorted longest first -> (output, state)."""
         run = self._direction_fn()
         layer_input, finals = input, [[] for _ in initial]
         for layer in range(self.num_layers):
@@ -99,21 +118,14 @@ class StackedRecurrent(nn.Module):
             for direction in range(self.num_directions):
                 k = layer * self.num_directions + direction
                 x = layer_input if direction == 0 else reverse_within_lengths(layer_input, lengths)
-                out, *state = run(x, *(s[k] for s in initial), *self._weights(layer, direction), mask)
+                out, *state = run(x, *(s[k] for s in initial), *self._weights(layer, direction), lengths)
                 outputs.append(out if direction == 0 else reverse_within_lengths(out, lengths))
                 for final, s in zip(finals, state):
                     final.append(s)
             layer_input = outputs[0] if len(outputs) == 1 else torch.cat(outputs, 2)
             if self.dropout and self.training and layer < self.num_layers - 1:
                 layer_input = F.dropout(layer_input, self.dropout, training=True)
-
-        output = layer_input
-        if packed:
-            output = pack_padded_sequence(output, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        elif not self.batch_first:
-            output = output.transpose(0, 1).contiguous()  # as nn.LSTM returns it
-        state = tuple(torch.stack(final) for final in finals)
-        return output, (state if self.state_size > 1 else state[0])
+        return layer_input, tuple(torch.stack(final) for final in finals)
 
     def _initial_state(self, input: Tensor, hx, batch: int) -> tuple[Tensor, ...]:
         shape = (self.num_layers * self.num_directions, batch, self.hidden_size)
@@ -136,3 +148,18 @@ class StackedRecurrent(nn.Module):
         if self.bidirectional:
             s += ", bidirectional=True"
         return s
+
+
+def _checked_lengths(lengths, batch: int) -> Tensor:
+    lengths = torch.as_tensor(lengths).cpu()
+    if lengths.shape != (batch,):
+        raise ValueError(f"lengths: expected one per sequence, shape ({batch},), got {tuple(lengths.shape)}")
+    return lengths
+
+
+def _reordered(batch_first: Tensor, states: tuple[Tensor, ...], order: Tensor):
+    """The rows of a (B, ...) tensor and of (layers, B, H) states in the given order."""
+    if bool((order == torch.arange(len(order))).all()):
+        return batch_first, states
+    order = order.to(batch_first.device)
+    return batch_first.index_select(0, order), tuple(s.index_select(1, order) for s in states)

@@ -1,4 +1,10 @@
-"""Helpers for padded batches of sequences of different lengths (batch-first)."""
+"""Helpers for padded batches of sequences of different lengths (batch-first).
+
+The hand-built layers run a padded batch the way a ``PackedSequence`` is laid out: rows sorted
+longest first, and step t computes only the first n_t rows, the sequences still running
+(:class:`RunningRows`). Work then follows the real tokens, not the padding, and a sequence
+that has ended needs no masking: its state is simply left alone.
+"""
 
 from __future__ import annotations
 
@@ -34,13 +40,94 @@ def last_valid_step(output: Tensor, lengths: Tensor | None) -> Tensor:
     return output.gather(1, index).squeeze(1)
 
 
-def advance(state: tuple[Tensor, ...], new: tuple[Tensor, ...], mask_t: Tensor | None):
-    """One step of a recurrence over a padded batch: (the state after the step, the step's output).
+class RunningRows:
+    """Which rows of a batch run at each step: all of them, or for lengths sorted longest first
+    the first ``sizes[t]`` rows, the sequences longer than t (steps where none runs are dropped).
 
-    ``new`` is the step's candidate state, h first. Where ``mask_t`` (B,) is False the sequence
-    has already ended: its state is kept and its output is 0.
+    The steps' running rows, stacked step after step, are the "rows" of a sequence: (R, F) with
+    R = Σ_t sizes[t], as in a PackedSequence's data. :meth:`rows` and :meth:`padded` convert
+    between them and batch-first (B, T, F) tensors, with gradients.
     """
-    if mask_t is None:
-        return new, new[0]
-    m = mask_t.unsqueeze(1)
-    return tuple(torch.where(m, n, s) for n, s in zip(new, state)), new[0] * m  # padding keeps the state
+
+    def __init__(self, batch: int, steps: int, lengths: Tensor | None = None) -> None:
+        self.batch, self.steps = batch, steps
+        self._index = None  # where each row sits in the time-major (T*B) flattening; None: all
+        self.sizes = [batch] * steps
+        if lengths is None:
+            return
+        lengths = torch.as_tensor(lengths)
+        if lengths.shape != (batch,) or lengths.dtype.is_floating_point:
+            raise ValueError(f"lengths: expected {batch} integers, got {lengths.dtype} {tuple(lengths.shape)}")
+        on_cpu = lengths.cpu()
+        if on_cpu.numel() and (on_cpu[:-1] < on_cpu[1:]).any():
+            raise ValueError(f"lengths: expected longest first (sorted, descending), got {on_cpu.tolist()}")
+        if on_cpu.numel() and (on_cpu.min() < 0 or on_cpu.max() > steps):
+            raise ValueError(f"lengths: expected 0..{steps} (the steps of the batch), got {on_cpu.tolist()}")
+        if on_cpu.numel() and on_cpu.min() == steps:
+            return  # every sequence runs every step
+        running = torch.arange(steps).unsqueeze(1) < on_cpu.unsqueeze(0)  # (T, B)
+        self.sizes = [n for n in running.sum(1).tolist() if n > 0]
+        self._index = running.flatten().nonzero().squeeze(1)
+        self._lengths = on_cpu
+
+    def per_step(self, rows: Tensor) -> tuple[Tensor, ...]:
+        """Rows (R, ...) -> a view (sizes[t], ...) of each step's rows."""
+        if self._index is None:  # one C++ call, not a Python-level split per tensor
+            return rows.unflatten(0, (self.steps, self.batch)).unbind(0)
+        return rows.split_with_sizes(self.sizes)
+
+    def per_step_of_padded(self, x: Tensor) -> tuple[Tensor, ...]:
+        """Batch-first x (B, T, F) -> a (sizes[t], F) tensor for each step: views when every row runs."""
+        if self._index is None:
+            return x.transpose(0, 1).unbind(0)
+        return self.per_step(self.rows(x))
+
+    def previous(self, first: Tensor, rows: Tensor, out: Tensor | None = None) -> Tensor:
+        """(R, ...): for each row of step t, the same sequence's row at step t − 1 (``first``'s at t = 0)."""
+        if self._index is None:
+            pieces = [first, rows[: -self.batch]]
+        else:
+            steps = rows.split_with_sizes(self.sizes)
+            pieces = [first[: self.sizes[0]], *(steps[t - 1][:n] for t, n in enumerate(self.sizes) if t > 0)]
+        return torch.cat(pieces) if out is None else torch.cat(pieces, out=out)
+
+    def rows(self, x: Tensor) -> Tensor:
+        """Batch-first x (B, T, F) -> its running rows (R, F), step after step."""
+        flat = x.transpose(0, 1).reshape(self.steps * self.batch, x.shape[2])
+        return flat if self._index is None else flat.index_select(0, self._index.to(x.device))
+
+    def padded(self, rows: Tensor) -> Tensor:
+        """Rows (R, F) -> batch-first (B, T, F), zero where a sequence has ended."""
+        features = rows.shape[1]
+        if self._index is None:
+            return rows.view(self.steps, self.batch, features).transpose(0, 1)
+        flat = rows.new_zeros(self.steps * self.batch, features).index_copy(0, self._index.to(rows.device), rows)
+        return flat.view(self.steps, self.batch, features).transpose(0, 1)
+
+    def last_rows(self) -> tuple[Tensor, Tensor] | None:
+        """(sequences, their last rows): for each sequence that ran at all, which of the R rows
+        holds its last step. None when every sequence runs every step (the last ``batch`` rows)."""
+        if self._index is None:
+            return None
+        offsets = torch.tensor([0] + self.sizes[:-1]).cumsum(0)  # the first row of each step
+        ran = (self._lengths > 0).nonzero().squeeze(1)
+        return ran, offsets[self._lengths[ran] - 1] + ran
+
+
+def drop_ended(state: tuple[Tensor, ...], running: int, ended: list) -> tuple[Tensor, ...]:
+    """Keep the first ``running`` rows of each state tensor; the others' sequences have ended.
+
+    Their state is final: it is appended to ``ended`` for :func:`final_state`.
+    """
+    if running == state[0].shape[0]:
+        return state
+    ended.append(tuple(s[running:] for s in state))
+    return tuple(s[:running] for s in state)
+
+
+def final_state(state: tuple[Tensor, ...], ended: list) -> tuple[Tensor, ...]:
+    """The final state of every sequence, in batch order: the running rows, then those that ended."""
+    if not ended:
+        return state
+    pieces = [state, *reversed(ended)]  # the rows that ended last come right after the running ones
+    return tuple(torch.cat(parts) for parts in zip(*pieces))
