@@ -74,6 +74,38 @@ def test_recurrent_products_give_every_gradient_autograd_gives(size_paths):
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4)
 
 
+def run_rnn(pre_activation, h, steps):
+    outs = []
+    for t in range(steps):
+        h = torch.tanh(pre_activation(t, h))
+        outs.append(h)
+    return outs
+
+
+def test_recurrent_products_when_the_loss_sees_only_the_first_steps(size_paths):
+    """Later steps' backward passes never run: their ∂L/∂a must count as 0, whatever a reused
+    buffer held before, and a second backward through a retained graph gives the same again."""
+    torch.manual_seed(0)
+    batch, steps, features, hidden = 16, 6, 5, 8
+    x = torch.randn(batch, steps, features)
+    w_ih, w_hh, bias = torch.randn(hidden, features), torch.randn(hidden, hidden), torch.randn(hidden)
+    wrt = [t.requires_grad_() for t in (w_ih, w_hh, bias)]
+    rows = x.transpose(0, 1).reshape(steps * batch, features)
+    h0 = torch.zeros(batch, hidden)
+
+    whole = run_rnn(RecurrentProducts(rows, w_ih, bias, w_hh, [batch] * steps).step, h0, steps)
+    torch.autograd.grad(torch.stack(whole).square().sum(), wrt)  # fills any reused buffer
+
+    early = run_rnn(RecurrentProducts(rows, w_ih, bias, w_hh, [batch] * steps).step, h0, steps)
+    loss = early[1].square().sum()
+    got = torch.autograd.grad(loss, wrt, retain_graph=True)
+    again = torch.autograd.grad(loss, wrt)
+    want = torch.autograd.grad(run_rnn(lambda t, h: x[:, t] @ w_ih.t() + bias + h @ w_hh.t(), h0, 2)[1].square().sum(), wrt)
+    for g, a, e in zip(got, again, want, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(a, g, rtol=0, atol=0)
+
+
 def test_recurrent_products_in_float64_pass_gradcheck():
     torch.manual_seed(0)
     x = torch.randn(3, 4, 2, dtype=torch.float64, requires_grad=True)

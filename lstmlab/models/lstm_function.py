@@ -31,26 +31,22 @@ How it is organised:
   end as single matrix products over the R rows of ∂L/∂a.
 * Speed on CPU: large float32 products go through oneDNN (see :mod:`lstmlab.models.matmul`); for
   large tensors tanh is taken as 2σ(2x) − 1, σ being several times cheaper than tanh in ATen;
-  and the backward pass's large temporaries reuse per-thread scratch buffers (:func:`_scratch`).
+  and the backward pass's large temporaries reuse per-thread buffers (:mod:`lstmlab.models.scratch`).
 """
 
 from __future__ import annotations
-
-import math
-import threading
 
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .matmul import StepWeight, matmul_t, sum_of_outer_products
+from .scratch import scratch
 from .variable_length import RunningRows
 
 __all__ = ["LSTMDirection", "lstm_direction_manual"]
 
 _TANH_VIA_SIGMOID_MIN_ELEMENTS = 4096  # B*H from which tanh as 2σ(2x) − 1 is faster on CPU
-_WORKSPACE_MAX_BYTES = 256 << 20  # the largest backward scratch buffer kept between calls
-_workspace = threading.local()
 
 # Fused elementwise derivatives from ATen (CPU and CUDA): given an upstream tensor u and a
 # function's output y, sigmoid_backward gives u ⊙ y(1 − y) and tanh_backward gives u ⊙ (1 − y²).
@@ -101,7 +97,7 @@ class LSTMDirection(torch.autograd.Function):
         x_rows, w_ih, w_hh, h0, c0, acts, cand, c, tanh_c, h = ctx.saved_tensors
         need_x, need_h0, need_c0, need_w_ih, need_w_hh, need_b_ih, need_b_hh, _ = ctx.needs_input_grad
         running = ctx.running
-        previous = _scratch("previous", c.shape, c)  # c_{t-1} for each row, later h_{t-1}
+        previous = scratch("previous", c.shape, c)  # c_{t-1} for each row, later h_{t-1}
         d_gates, dh_dc, forget = _local_derivatives(acts, cand, running.previous(c0, c, out=previous), tanh_c)
         d_out = running.per_step_of_padded(d_out)  # ∂L/∂out_t, (n_t, H) each
         d_h0, d_c0 = _run_backward(d_gates, dh_dc, forget, d_out, d_h_last, d_c_last, w_hh, running, need_h0)
@@ -109,7 +105,7 @@ class LSTMDirection(torch.autograd.Function):
         d_rows = d_gates  # ∂L/∂a for all R rows, (R, 4H)
         d_x = running.padded(matmul_t(d_rows, w_ih.t())) if need_x else None  # ∂L/∂x_t = ∂L/∂a_t W_ih
         # ∂L/∂W_ih = Σ_t ∂L/∂a_tᵀ x_t,  ∂L/∂W_hh = Σ_t ∂L/∂a_tᵀ h_{t-1},  ∂L/∂b_ih = ∂L/∂b_hh = Σ_t ∂L/∂a_t
-        rows_t = lambda rows: _scratch("rows_t", rows.shape[::-1], rows)  # noqa: E731  (room for rowsᵀ)
+        rows_t = lambda rows: scratch("rows_t", rows.shape[::-1], rows)  # noqa: E731  (room for rowsᵀ)
         d_w_ih = sum_of_outer_products(d_rows, x_rows, rows_t(x_rows)) if need_w_ih else None
         h_prev = running.previous(h0, h, out=previous) if need_w_hh else None
         d_w_hh = sum_of_outer_products(d_rows, h_prev, rows_t(h_prev)) if need_w_hh else None
@@ -212,33 +208,14 @@ def _local_derivatives(acts: Tensor, g: Tensor, c_prev: Tensor, tanh_c: Tensor):
     now (∂c_t/∂a_i, ∂c_t/∂a_f, ∂c_t/∂a_g, ∂h_t/∂a_o); ∂h_t/∂c_t (R, H); and f_t (R, H).
     """
     i, f, _, o = acts.chunk(4, 1)
-    local = _scratch("d_gates", acts.shape, acts)
+    local = scratch("d_gates", acts.shape, acts)
     d_i, d_f, d_g, d_o = local.chunk(4, 1)
     _sigmoid_backward.grad_input(g, i, grad_input=d_i)  # ∂c_t/∂a_i = g_t ⊙ σ'(a_i), σ' = σ(1−σ)
     _sigmoid_backward.grad_input(c_prev, f, grad_input=d_f)  # ∂c_t/∂a_f = c_{t-1} ⊙ f_t(1−f_t)
     _tanh_backward.grad_input(i, g, grad_input=d_g)  # ∂c_t/∂a_g = i_t ⊙ tanh'(a_g), tanh' = 1−tanh²
     _sigmoid_backward.grad_input(tanh_c, o, grad_input=d_o)  # ∂h_t/∂a_o = tanh(c_t) ⊙ o_t(1−o_t)
-    dh_dc = _tanh_backward.grad_input(o, tanh_c, grad_input=_scratch("dh_dc", tanh_c.shape, tanh_c))  # ∂h_t/∂c_t = o_t ⊙ (1 − tanh²(c_t))
+    dh_dc = _tanh_backward.grad_input(o, tanh_c, grad_input=scratch("dh_dc", tanh_c.shape, tanh_c))  # ∂h_t/∂c_t = o_t ⊙ (1 − tanh²(c_t))
     return local, dh_dc, f
-
-
-def _scratch(name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
-    """An uninitialised tensor of ``like``'s dtype and device, for a value the backward pass uses
-    and drops: on CPU, one buffer per name and thread, reused from call to call.
-
-    Fresh memory costs a page fault per 4 KB on first touch, and glibc hands allocations over
-    32 MB straight back to the system, so the large temporaries of every call would pay again
-    (∂L/∂a alone: about a tenth of the whole step at B=64, T=200, H=256). Nothing backward
-    returns is a view of one of these.
-    """
-    numel = math.prod(shape)
-    if like.device.type != "cpu" or numel * like.element_size() > _WORKSPACE_MAX_BYTES:
-        return like.new_empty(shape)
-    buffers = _workspace.__dict__.setdefault("buffers", {})
-    buffer = buffers.get(name)
-    if buffer is None or buffer.dtype != like.dtype or buffer.numel() < numel:
-        buffer = buffers[name] = torch.empty(numel, dtype=like.dtype)
-    return buffer[:numel].view(shape)
 
 
 def _run_backward(d_gates, dh_dc, forget, d_out, d_h_last, d_c_last, w_hh, running, need_h0):

@@ -25,6 +25,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from .scratch import borrow, give_back, scratch
+
 
 def _find_onednn_ops():
     """(linear, reorder_weight) from torch.ops.mkldnn if they work here, else (None, None)."""
@@ -141,41 +143,109 @@ class RecurrentProducts:
     ``step(t, h)`` returns a_t (sizes[t], G) for t = 0, 1, ... in order. Autograd differentiates
     it all, with U's gradient taken once over every step in the input projection's backward
     (see the module docstring).
+
+    On the oneDNN path the steps' backward passes also hand ∂L/∂a_t straight to that projection,
+    written into one (R, G) buffer, rather than letting autograd stack T separate gradients
+    into a fresh tensor the size of the whole sequence on every call.
     """
 
     def __init__(self, x_rows: Tensor, w_ih: Tensor, bias: Tensor | None, w_hh: Tensor, sizes: list[int]) -> None:
         self._u = StepWeight(w_hh, max(sizes, default=0), len(sizes))
+        grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x_rows, w_ih, bias, w_hh))
         # the h_{t-1} that U multiplies, for ∂L/∂U; detached: the projection's backward keeps
         # them, and a link from them back into the graph would be a reference cycle
-        self._inputs: list[Tensor] | None = [] if torch.is_grad_enabled() and w_hh.requires_grad else None
-        xw = _InputProjection.apply(x_rows, w_ih, bias, w_hh, self._inputs)
-        self._xw = xw.split(sizes)  # W x_t + b, (sizes[t], G) for each t
+        self._inputs: list[Tensor] | None = [] if grad and w_hh.requires_grad else None
+        self._gate_grads = _GateGradients(sizes, w_hh.shape[0]) if grad and self._u.onednn else None
+        self._xw = _InputProjection.apply(x_rows, w_ih, bias, w_hh, self._inputs, self._gate_grads)
+        split = self._xw.detach() if self._gate_grads is not None else self._xw
+        self._xw_t = split.split(sizes)  # W x_t + b, (sizes[t], G) for each t
 
     def step(self, t: int, h: Tensor) -> Tensor:
         if self._inputs is not None:
             self._inputs.append(h.detach())
-        return self._u.step(h, self._xw[t])  # W x_t + b + U h_{t-1}
+        if self._gate_grads is not None:
+            return _RecurrentStep.apply(h, self._xw, self._xw_t[t], self._u, self._gate_grads, t)
+        return self._u.step(h, self._xw_t[t])  # W x_t + b + U h_{t-1}
+
+
+class _GateGradients:
+    """∂L/∂a_t of every step, collected as the steps' backward passes produce them."""
+
+    def __init__(self, sizes: list[int], gates: int) -> None:
+        self._sizes, self._gates = sizes, gates
+        self._starts = [0]
+        for n in sizes:
+            self._starts.append(self._starts[-1] + n)
+        self._buffer: Tensor | None = None
+        self._written = [False] * len(sizes)
+
+    def put(self, t: int, grad: Tensor) -> None:
+        if self._buffer is None:
+            self._buffer = borrow((self._starts[-1], self._gates), grad)
+        self._buffer[self._starts[t] : self._starts[t + 1]].copy_(grad)
+        self._written[t] = True
+
+    def take(self) -> Tensor | None:
+        """All steps' ∂L/∂a (R, G), zero for steps that got none; None if none did. The caller
+        gives it back (:func:`~lstmlab.models.scratch.give_back`) when done with it."""
+        buffer, self._buffer = self._buffer, None
+        if buffer is not None:
+            for t, written in enumerate(self._written):
+                if not written:  # the loss does not depend on this step
+                    buffer[self._starts[t] : self._starts[t + 1]].zero_()
+        self._written = [False] * len(self._sizes)
+        return buffer
+
+
+class _RecurrentStep(torch.autograd.Function):
+    """a_t = xw_t + h @ Uᵀ through oneDNN, U constant; ∂L/∂a_t goes to ``gate_grads``.
+
+    ``xw`` (all steps' W x + b) is an input only to tie this step to the projection in the
+    graph: its gradient is passed through ``gate_grads``, not returned.
+    """
+
+    @staticmethod
+    def forward(ctx, h, xw, xw_t, weight: StepWeight, gate_grads: _GateGradients, t: int):
+        ctx.weight, ctx.gate_grads, ctx.t = weight, gate_grads, t
+        return weight._onednn_step(h, xw_t)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        ctx.gate_grads.put(ctx.t, grad)  # ∂L/∂(W x_t + b) = ∂L/∂a_t
+        d_h = ctx.weight.transposed().step(grad) if ctx.needs_input_grad[0] else None  # ∂L/∂h_{t-1} = ∂L/∂a_t U
+        return d_h, None, None, None, None, None
 
 
 class _InputProjection(torch.autograd.Function):
     """x_rows Wᵀ + b whose backward also gives ∂L/∂U = Σ_t ∂L/∂a_tᵀ h_{t-1} (U itself unused)."""
 
     @staticmethod
-    def forward(ctx, x_rows, w_ih, bias, w_hh, h_inputs):
+    def forward(ctx, x_rows, w_ih, bias, w_hh, h_inputs, gate_grads):
+        ctx.set_materialize_grads(False)
         ctx.save_for_backward(x_rows, w_ih)
         ctx.h_inputs = h_inputs  # filled by RecurrentProducts.step as the loop runs
+        ctx.gate_grads = gate_grads  # or None: the gradient then comes in as d_rows
         return matmul_t(x_rows, w_ih, bias)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, d_rows):  # d_rows: ∂L/∂a_t for all T*B time-major rows
+    def backward(ctx, d_rows):  # d_rows: ∂L/∂a_t for all rows, step after step
+        lent = ctx.gate_grads.take() if ctx.gate_grads is not None else None
+        d_rows = lent if lent is not None else d_rows
+        if d_rows is None:
+            return (None,) * 6
         x_rows, w_ih = ctx.saved_tensors
-        need_x, need_w_ih, need_bias, need_w_hh, _ = ctx.needs_input_grad
+        need_x, need_w_ih, need_bias, need_w_hh, _, _ = ctx.needs_input_grad
         d_rows = d_rows.contiguous()
         d_x = matmul_t(d_rows, w_ih.t()) if need_x else None  # ∂L/∂x_t = ∂L/∂a_t W
-        d_w_ih = sum_of_outer_products(d_rows, x_rows) if need_w_ih else None  # Σ_t ∂L/∂a_tᵀ x_t
+        rows_t = lambda rows: scratch("rows_t", rows.shape[::-1], rows)  # noqa: E731  (room for rowsᵀ)
+        d_w_ih = sum_of_outer_products(d_rows, x_rows, rows_t(x_rows)) if need_w_ih else None  # Σ_t ∂L/∂a_tᵀ x_t
         d_bias = d_rows.sum(0) if need_bias else None  # Σ_t ∂L/∂a_t
         d_w_hh = None
         if need_w_hh:
-            d_w_hh = sum_of_outer_products(d_rows, torch.cat(ctx.h_inputs))  # Σ_t ∂L/∂a_tᵀ h_{t-1}
-        return d_x, d_w_ih, d_bias, d_w_hh, None
+            h_rows = torch.cat(ctx.h_inputs, out=scratch("h_inputs", (d_rows.shape[0], ctx.h_inputs[0].shape[1]), d_rows))
+            d_w_hh = sum_of_outer_products(d_rows, h_rows, rows_t(h_rows))  # Σ_t ∂L/∂a_tᵀ h_{t-1}
+        if lent is not None:
+            give_back(lent)
+        return d_x, d_w_ih, d_bias, d_w_hh, None, None

@@ -1,0 +1,56 @@
+"""Buffers reused from call to call for the large temporaries of the backward passes.
+
+Fresh memory costs a page fault per 4 KB page on first touch, and glibc hands allocations over
+32 MB straight back to the system, so a temporary the size of a whole sequence would pay its
+page faults again on every call (for ∂L/∂a at B=64, T=200, H=256: about a tenth of the whole
+step). Buffers here are kept per thread, on the CPU only (elsewhere a plain new tensor), and
+nothing a backward pass returns may be a view of one.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import torch
+from torch import Tensor
+
+MAX_BYTES = 256 << 20  # larger temporaries are not kept
+MAX_LENT = 8  # buffers kept for :func:`borrow` per thread
+_local = threading.local()
+
+
+def _keeps(numel: int, like: Tensor) -> bool:
+    return like.device.type == "cpu" and numel * like.element_size() <= MAX_BYTES
+
+
+def scratch(name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
+    """An uninitialised tensor of ``like``'s dtype and device: one buffer per name and thread,
+    for a value used and dropped within one call."""
+    numel = math.prod(shape)
+    if not _keeps(numel, like):
+        return like.new_empty(shape)
+    buffers = _local.__dict__.setdefault("named", {})
+    buffer = buffers.get(name)
+    if buffer is None or buffer.dtype != like.dtype or buffer.numel() < numel:
+        buffer = buffers[name] = torch.empty(numel, dtype=like.dtype)
+    return buffer[:numel].view(shape)
+
+
+def borrow(shape: tuple[int, ...], like: Tensor) -> Tensor:
+    """An uninitialised tensor that is the caller's alone until :func:`give_back`; for a value
+    that outlives one call (several may be out at once)."""
+    numel = math.prod(shape)
+    free = _local.__dict__.setdefault("free", [])
+    for k, buffer in enumerate(free):
+        if buffer.dtype == like.dtype and buffer.numel() >= numel and _keeps(numel, like):
+            return free.pop(k)[:numel].view(shape)
+    return like.new_empty(shape)
+
+
+def give_back(tensor: Tensor) -> None:
+    """Return a tensor from :func:`borrow` (it must no longer be used)."""
+    whole = tensor if tensor._base is None else tensor._base  # the flat buffer it was cut from
+    free = _local.__dict__.setdefault("free", [])
+    if whole.is_contiguous() and _keeps(whole.numel(), whole) and len(free) < MAX_LENT:
+        free.append(whole.view(-1))
