@@ -8,7 +8,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from lstmlab.models import HandLSTM, SequenceModel
-from lstmlab.models.variable_length import RunningRows, reverse_within_lengths
+from lstmlab.models.variable_length import RunningRows
 
 TOL = dict(rtol=0, atol=1e-10)
 
@@ -174,10 +174,14 @@ def test_running_rows_refuse_lengths_they_cannot_run(lengths, message):
         RunningRows(2, 3, torch.tensor(lengths))
 
 
-def test_reverse_within_lengths_keeps_padding_in_place():
-    x = torch.arange(8.0).view(2, 4, 1)
-    flipped = reverse_within_lengths(x, torch.tensor([4, 2]))
-    assert flipped[:, :, 0].tolist() == [[3, 2, 1, 0], [5, 4, 6, 7]]
+def test_running_rows_read_backwards_keep_padding_in_place():
+    running = RunningRows(2, 4, torch.tensor([4, 2]), reverse=True)
+    x = torch.arange(8.0).view(2, 4, 1)  # sequence 0: 0 1 2 3; sequence 1: 4 5 (then padding 6 7)
+    rows = running.rows(x)
+    assert rows[:, 0].tolist() == [3, 5, 2, 4, 1, 0]  # each sequence from its own last step
+    assert torch.equal(running.padded(rows), x * torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0.0]]).unsqueeze(2))
+    full = RunningRows(2, 4, reverse=True)
+    assert full.rows(x)[:, 0].tolist() == [3, 7, 2, 6, 1, 5, 0, 4] and torch.equal(full.padded(full.rows(x)), x)
 
 
 @pytest.mark.parametrize("readout, shape", [("every_step", (2, 5, 3)), ("last_step", (2, 3)), ("final_state", (2, 3)), ("mean_max", (2, 3))])

@@ -20,14 +20,15 @@ def lstm_direction(x, h, c, w_ih, w_hh, b_ih, b_hh, lengths=None):
     """One direction of one LSTM layer over a whole batch-first sequence, with autograd.
 
     x (B, T, I); h, c (B, H); lengths (B,) sorted longest first, or None: every sequence runs
-    all T steps. A sequence's steps past its length output 0 and leave its state alone.
+    all T steps (or the :class:`RunningRows` made of them, which may also read each sequence
+    backwards). A sequence's steps past its length output 0 and leave its state alone.
     Returns out (B, T, H), h_T, c_T (each sequence's state after its last step).
 
     Few ops a step (each op is a graph node, and at small sizes their overhead is the cost):
     one matmul for the four gates, one sigmoid over all of them, a tanh on the g slice.
     """
     hidden = h.shape[1]
-    running = RunningRows(x.shape[0], x.shape[1], lengths)  # step t runs the first n_t rows
+    running = RunningRows.of(x, lengths)  # step t runs the first n_t rows
     bias = None if b_ih is None else b_ih + b_hh
     # W x_t + b for every step in one product, on rows laid out step after step: no x[:, t]
     # slices, whose backward writes a zero gradient the size of the whole sequence per step

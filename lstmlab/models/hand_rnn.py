@@ -26,7 +26,7 @@ def rnn_direction(x, h, w_ih, w_hh, b_ih, b_hh, lengths=None, activation=torch.t
     lengths (B,) sorted longest first, or None: as :func:`lstmlab.models.hand_lstm.lstm_direction`.
     Returns out (B, T, H) and h_T.
     """
-    running = RunningRows(x.shape[0], x.shape[1], lengths)  # step t runs the first n_t rows
+    running = RunningRows.of(x, lengths)  # step t runs the first n_t rows
     bias = None if b_ih is None else b_ih + b_hh
     products = RecurrentProducts(running.rows(x), w_ih, bias, w_hh, running.sizes)  # W x_t + b, all t at once
     outs, ended = [], []

@@ -32,7 +32,7 @@ def layernorm_lstm_direction(x, h, c, w_ih, w_hh, b_ih, b_hh, gate_w, gate_b, ce
     gains and shifts.
     """
     hidden = h.shape[1]
-    running = RunningRows(x.shape[0], x.shape[1], lengths)  # step t runs the first n_t rows
+    running = RunningRows.of(x, lengths)  # step t runs the first n_t rows
     bias = None if b_ih is None else b_ih + b_hh
     products = RecurrentProducts(running.rows(x), w_ih, bias, w_hh, running.sizes)  # W x_t + b, all t at once
     outs, ended = [], []

@@ -67,10 +67,11 @@ def lstm_direction_manual(
     """Run one LSTM direction over a batch-first sequence with a hand-written backward pass.
 
     x (B, T, I); h0, c0 (B, H); w_ih (4H, I); w_hh (4H, H); b_ih, b_hh (4H,) or None (no bias);
-    lengths (B,) sorted longest first, or None. Returns out (B, T, H), h_T (B, H), c_T (B, H).
+    lengths (B,) sorted longest first, or None (or the :class:`RunningRows` made of them).
+    Returns out (B, T, H), h_T (B, H), c_T (B, H).
     """
     _check_shapes(x, h0, c0, w_ih, w_hh)
-    return LSTMDirection.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, RunningRows(x.shape[0], x.shape[1], lengths))
+    return LSTMDirection.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, RunningRows.of(x, lengths))
 
 
 class LSTMDirection(torch.autograd.Function):

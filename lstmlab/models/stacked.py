@@ -4,10 +4,12 @@ A subclass says how many weight blocks a cell has (``gates``: 4 for the LSTM, 1 
 plain RNN), how many state tensors it carries (``state_size``: 2 for (h, c), 1 for h) and
 which function runs one direction of one layer over a whole sequence::
 
-    run(x, *state, *weights, lengths) -> (out, *final_state)
+    run(x, *state, *weights, running) -> (out, *final_state)
 
-A padded batch runs sorted longest first (see :mod:`lstmlab.models.variable_length`): the
-rows are put in that order once, before the first layer, and back after the last.
+where ``running`` (a :class:`~lstmlab.models.variable_length.RunningRows`) says which rows run
+at each step and in which order a sequence is read (the reverse direction reads each one from
+its own last step). A padded batch runs sorted longest first: the rows are put in that order
+once, before the first layer, and back after the last.
 
 The parameters follow torch's names and shapes (``weight_ih_l{k}``, ``weight_hh_l{k}``,
 ``bias_ih_l{k}``, ``bias_hh_l{k}``, ``_reverse`` for the backward direction), so a state_dict
@@ -23,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from .variable_length import reverse_within_lengths
+from .variable_length import RunningRows
 
 
 class StackedRecurrent(nn.Module):
@@ -112,14 +114,16 @@ class StackedRecurrent(nn.Module):
     def _run_layers(self, input: Tensor, initial: tuple[Tensor, ...], lengths: Tensor | None):
         """Every layer and direction over a batch-first input sorted longest first -> (output, state)."""
         run = self._direction_fn()
+        batch, steps = input.shape[:2]
+        # which rows run at each step, reading forwards and (the second direction) backwards
+        running = [RunningRows(batch, steps, lengths, reverse=d == 1) for d in range(self.num_directions)]
         layer_input, finals = input, [[] for _ in initial]
         for layer in range(self.num_layers):
             outputs = []
             for direction in range(self.num_directions):
                 k = layer * self.num_directions + direction
-                x = layer_input if direction == 0 else reverse_within_lengths(layer_input, lengths)
-                out, *state = run(x, *(s[k] for s in initial), *self._weights(layer, direction), lengths)
-                outputs.append(out if direction == 0 else reverse_within_lengths(out, lengths))
+                out, *state = run(layer_input, *(s[k] for s in initial), *self._weights(layer, direction), running[direction])
+                outputs.append(out)
                 for final, s in zip(finals, state):
                     final.append(s)
             layer_input = outputs[0] if len(outputs) == 1 else torch.cat(outputs, 2)

@@ -3,7 +3,8 @@
 The hand-built layers run a padded batch the way a ``PackedSequence`` is laid out: rows sorted
 longest first, and step t computes only the first n_t rows, the sequences still running
 (:class:`RunningRows`). Work then follows the real tokens, not the padding, and a sequence
-that has ended needs no masking: its state is simply left alone.
+that has ended needs no masking: its state is simply left alone. The backward direction of a
+bidirectional layer reads each sequence from its own last step, through the same rows.
 """
 
 from __future__ import annotations
@@ -15,21 +16,6 @@ from torch import Tensor
 def step_mask(lengths: Tensor, steps: int) -> Tensor:
     """(B, T) bool, True where step t < the sequence's length."""
     return torch.arange(steps, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)
-
-
-def reverse_within_lengths(x: Tensor, lengths: Tensor | None) -> Tensor:
-    """Reverse each sequence of a batch-first (B, T, F) tensor within its own length.
-
-    Padding stays where it is, so the reverse direction of a bidirectional layer starts at each
-    sequence's last real step. Applying it twice gives the input back.
-    """
-    if lengths is None:
-        return x.flip(1)
-    steps = x.shape[1]
-    t = torch.arange(steps, device=x.device).unsqueeze(0)
-    last = lengths.to(x.device).unsqueeze(1) - 1
-    index = torch.where(t <= last, last - t, t)  # (B, T)
-    return x.gather(1, index.unsqueeze(2).expand_as(x))
 
 
 def last_valid_step(output: Tensor, lengths: Tensor | None) -> Tensor:
@@ -46,72 +32,89 @@ class RunningRows:
 
     The steps' running rows, stacked step after step, are the "rows" of a sequence: (R, F) with
     R = Σ_t sizes[t], as in a PackedSequence's data. :meth:`rows` and :meth:`padded` convert
-    between them and batch-first (B, T, F) tensors, with gradients.
+    between them and batch-first (B, T, F) tensors, with gradients. With ``reverse`` each
+    sequence is read from its own last step back to its first (a bidirectional layer's backward
+    direction): step t of sequence b is its position length_b − 1 − t, and padding stays put.
     """
 
-    def __init__(self, batch: int, steps: int, lengths: Tensor | None = None) -> None:
-        self.batch, self.steps = batch, steps
-        self._index = None  # where each row sits in the time-major (T*B) flattening; None: all
+    def __init__(self, batch: int, steps: int, lengths: Tensor | None = None, reverse: bool = False) -> None:
+        self.batch, self.steps, self.reverse = batch, steps, reverse
         self.sizes = [batch] * steps
-        if lengths is None:
+        self._index = None  # where each row sits in the time-major (T*B) flattening; None: in order
+        self._lengths = None if lengths is None else _checked_lengths(lengths, batch, steps)
+        if self._lengths is None or (batch and self._lengths.min() == steps):
+            self._lengths = None  # every sequence runs every step
             return
-        lengths = torch.as_tensor(lengths)
-        if lengths.shape != (batch,) or lengths.dtype.is_floating_point:
-            raise ValueError(f"lengths: expected {batch} integers, got {lengths.dtype} {tuple(lengths.shape)}")
-        on_cpu = lengths.cpu()
-        if on_cpu.numel() and (on_cpu[:-1] < on_cpu[1:]).any():
-            raise ValueError(f"lengths: expected longest first (sorted, descending), got {on_cpu.tolist()}")
-        if on_cpu.numel() and (on_cpu.min() < 0 or on_cpu.max() > steps):
-            raise ValueError(f"lengths: expected 0..{steps} (the steps of the batch), got {on_cpu.tolist()}")
-        if on_cpu.numel() and on_cpu.min() == steps:
-            return  # every sequence runs every step
-        running = torch.arange(steps).unsqueeze(1) < on_cpu.unsqueeze(0)  # (T, B)
+        running = torch.arange(steps).unsqueeze(1) < self._lengths.unsqueeze(0)  # (T, B)
         self.sizes = [n for n in running.sum(1).tolist() if n > 0]
-        self._index = running.flatten().nonzero().squeeze(1)
-        self._lengths = on_cpu
+        t, b = running.nonzero(as_tuple=True)  # step after step, the running rows in order
+        source = self._lengths[b] - 1 - t if reverse else t
+        self._index = source * batch + b
+
+    @classmethod
+    def of(cls, x: Tensor, running: RunningRows | Tensor | None) -> RunningRows:
+        """``running`` itself, or the running rows of x (B, T, ·) for lengths sorted longest first (or None)."""
+        return running if isinstance(running, RunningRows) else cls(x.shape[0], x.shape[1], running)
+
+    def rows(self, x: Tensor) -> Tensor:
+        """Batch-first x (B, T, F) -> its running rows (R, F), step after step."""
+        steps = x.transpose(0, 1)
+        if self._index is not None:
+            return steps.reshape(self.steps * self.batch, x.shape[2]).index_select(0, self._index.to(x.device))
+        return (steps.flip(0) if self.reverse else steps).reshape(self.steps * self.batch, x.shape[2])
+
+    def padded(self, rows: Tensor) -> Tensor:
+        """Rows (R, F) -> batch-first (B, T, F), zero where a sequence has ended."""
+        features = rows.shape[1]
+        if self._index is None:
+            steps = rows.view(self.steps, self.batch, features)
+            return (steps.flip(0) if self.reverse else steps).transpose(0, 1)
+        flat = rows.new_zeros(self.steps * self.batch, features).index_copy(0, self._index.to(rows.device), rows)
+        return flat.view(self.steps, self.batch, features).transpose(0, 1)
 
     def per_step(self, rows: Tensor) -> tuple[Tensor, ...]:
         """Rows (R, ...) -> a view (sizes[t], ...) of each step's rows."""
-        if self._index is None:  # one C++ call, not a Python-level split per tensor
+        if self._lengths is None:  # one C++ call, not a Python-level split per tensor
             return rows.unflatten(0, (self.steps, self.batch)).unbind(0)
         return rows.split_with_sizes(self.sizes)
 
     def per_step_of_padded(self, x: Tensor) -> tuple[Tensor, ...]:
         """Batch-first x (B, T, F) -> a (sizes[t], F) tensor for each step: views when every row runs."""
-        if self._index is None:
-            return x.transpose(0, 1).unbind(0)
+        if self._lengths is None:
+            steps = x.transpose(0, 1).unbind(0)
+            return steps[::-1] if self.reverse else steps
         return self.per_step(self.rows(x))
 
     def previous(self, first: Tensor, rows: Tensor, out: Tensor | None = None) -> Tensor:
         """(R, ...): for each row of step t, the same sequence's row at step t − 1 (``first``'s at t = 0)."""
-        if self._index is None:
+        if self._lengths is None:
             pieces = [first, rows[: -self.batch]]
         else:
             steps = rows.split_with_sizes(self.sizes)
             pieces = [first[: self.sizes[0]], *(steps[t - 1][:n] for t, n in enumerate(self.sizes) if t > 0)]
         return torch.cat(pieces) if out is None else torch.cat(pieces, out=out)
 
-    def rows(self, x: Tensor) -> Tensor:
-        """Batch-first x (B, T, F) -> its running rows (R, F), step after step."""
-        flat = x.transpose(0, 1).reshape(self.steps * self.batch, x.shape[2])
-        return flat if self._index is None else flat.index_select(0, self._index.to(x.device))
-
-    def padded(self, rows: Tensor) -> Tensor:
-        """Rows (R, F) -> batch-first (B, T, F), zero where a sequence has ended."""
-        features = rows.shape[1]
-        if self._index is None:
-            return rows.view(self.steps, self.batch, features).transpose(0, 1)
-        flat = rows.new_zeros(self.steps * self.batch, features).index_copy(0, self._index.to(rows.device), rows)
-        return flat.view(self.steps, self.batch, features).transpose(0, 1)
-
     def last_rows(self) -> tuple[Tensor, Tensor] | None:
         """(sequences, their last rows): for each sequence that ran at all, which of the R rows
         holds its last step. None when every sequence runs every step (the last ``batch`` rows)."""
-        if self._index is None:
+        if self._lengths is None:
             return None
         offsets = torch.tensor([0] + self.sizes[:-1]).cumsum(0)  # the first row of each step
         ran = (self._lengths > 0).nonzero().squeeze(1)
         return ran, offsets[self._lengths[ran] - 1] + ran
+
+
+def _checked_lengths(lengths, batch: int, steps: int) -> Tensor:
+    """lengths as a CPU tensor, if they are ``batch`` integers in 0..steps, longest first."""
+    lengths = torch.as_tensor(lengths)
+    if lengths.shape != (batch,) or lengths.dtype.is_floating_point:
+        raise ValueError(f"lengths: expected {batch} integers, got {lengths.dtype} {tuple(lengths.shape)}")
+    lengths = lengths.cpu()
+    if batch and (lengths[:-1] < lengths[1:]).any():
+        raise ValueError(f"lengths: expected longest first (sorted, descending), got {lengths.tolist()}")
+    if batch and (lengths.min() < 0 or lengths.max() > steps):
+        raise ValueError(f"lengths: expected 0..{steps} (the steps of the batch), got {lengths.tolist()}")
+    return lengths
 
 
 def drop_ended(state: tuple[Tensor, ...], running: int, ended: list) -> tuple[Tensor, ...]:
