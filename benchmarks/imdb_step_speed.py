@@ -2,7 +2,8 @@
 
 Compares torch.nn.LSTM and the hand LSTM on (a) a padded batch of one length (no padding),
 (b) a variable-length batch (lengths spread over [T - spread, T]): nn.LSTM on a PackedSequence,
-the hand LSTM with lengths (masking). Also the forward pass alone (evaluation, no grad).
+the hand LSTM with lengths (only the rows still running at each step). Also the forward
+pass alone (evaluation, no grad).
 
     .venv/bin/python benchmarks/imdb_step_speed.py [--steps 400] [--spread 200] [--repeat 3] [--threads 1]
 """

@@ -3,8 +3,8 @@
     python -m lstmlab.bench [--device cpu|cuda] [--threads 2] [--repeat 5] [--sizes adder,imdb,large,variable] [--quick]
 
 Every model gets the same input and, for the LSTMs, the same weights (nn.LSTM's state_dict
-loaded into HandLSTM). Each row is the best of ``--repeat`` timed rounds after warm-up, the models of a case timed in
-turn in every round.
+loaded into HandLSTM). Each row is the best of ``--repeat`` timed rounds after warm-up, the
+models of a case timed in turn in every round.
 GFLOP/s counts the matmuls only: 2·B·T·G·H·(I+H) forward (G = 4 gates for an LSTM, 1 for
 the RNN), ×3 for forward and backward, ×2 when bidirectional. Prints markdown tables.
 """
@@ -134,7 +134,8 @@ def fixed_length_rows(name, size, args, device) -> Iterator[Row]:
     models: dict[str, tuple[nn.Module | None, float]] = {"nn.LSTM": (reference, lstm_flops)}
     models |= {label: (m, lstm_flops) for label, m in hand_lstms(reference, device).items()}
     models["hand_rnn"] = (HandRNN(inputs, hidden, batch_first=True).to(device), lstm_flops / 4)
-    times = best_ms({label: model and train_step(model, x) for label, (model, _) in models.items()}, args.repeat, args.warmup, device)
+    steps_of = {label: None if model is None else train_step(model, x) for label, (model, _) in models.items()}
+    times = best_ms(steps_of, args.repeat, args.warmup, device)
     base = times["nn.LSTM"]
     for label, (_, flops) in models.items():
         yield Row(f"{name} ({batch}×{steps}, {inputs}→{hidden})", label, times[label], steps, flops, base)
@@ -165,11 +166,14 @@ def variable_length_rows(size, args, device, checks: list[str]) -> Iterator[Row]
         ("nn.LSTM, padded (wrong final states)", reference, x_padded, {}),
     ]
     candidates += [(f"{label}, lengths", m, x_padded, {"lengths": lengths.to(device)}) for label, m in hand_lstms(reference, device).items()]
-    fns = {label: model and train_step(model, data, **kwargs) for label, model, data, kwargs in candidates}
+    fns = {label: None if model is None else train_step(model, data, **kwargs) for label, model, data, kwargs in candidates}
     times = best_ms(fns, args.repeat, args.warmup, device)
     base = times[candidates[0][0]]
     for label, *_ in candidates:
         yield Row(case, label, times[label], steps, flops, base)
+    for label, *_ in candidates[2:]:
+        if times[label] is not None:
+            checks.append(f"{label}: {base / times[label]:.1f}× as fast as nn.LSTM on the PackedSequence")
 
     with torch.no_grad():
         out_ref, (h_ref, c_ref) = reference(packed)

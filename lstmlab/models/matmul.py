@@ -3,12 +3,11 @@
 Two things decide how fast a hand-written recurrent layer runs, and both are products:
 
 * **Which GEMM.** On the CPU torch.mm calls MKL, whose float32 GEMM takes its AVX2 path on AMD
-  processors; nn.LSTM runs oneDNN's kernels (AVX-512 where the CPU has it). Measured on an AMD
-  EPYC (Zen 5), one thread: a 32×512 by 512×2048 product took 0.73 ms through F.linear and
-  0.38 ms through oneDNN. So float32 CPU products large enough to repay oneDNN's call overhead
-  (about 15 µs) go through oneDNN's inner product (``torch.ops.mkldnn._linear_pointwise``, the
-  op torch's own compiler emits), and a weight used at every step is reordered once into
-  oneDNN's blocked layout. Anything else (float64, CUDA, small products, a torch without
+  processors; nn.LSTM runs oneDNN's kernels (AVX-512 where the CPU has it), 2-3× faster for a
+  step's product here (``benchmarks/step_product_speed.py``). So float32 CPU products large
+  enough to repay oneDNN's call overhead go through oneDNN's inner product
+  (``torch.ops.mkldnn._linear_pointwise``, the op torch's own compiler emits), and a weight used
+  at every step is reordered once into oneDNN's blocked layout. Anything else (float64, CUDA, small products, a torch without
   oneDNN) uses torch.mm / addmm. The products are the same; only float32 rounding can differ.
 * **Where the recurrent weight's gradient is taken.** With a_t = W x_t + b + U h_{t-1},
   autograd left to itself takes three products per step (the forward one, ∂L/∂h_{t-1} and
@@ -66,14 +65,14 @@ def matmul_t(a: Tensor, w: Tensor, bias: Tensor | None = None) -> Tensor:
     return torch.mm(a, w.t()) if bias is None else torch.addmm(bias, a, w.t())
 
 
-def sum_of_outer_products(d_rows: Tensor, rows: Tensor, scratch: Tensor | None = None) -> Tensor:
+def sum_of_outer_products(d_rows: Tensor, rows: Tensor, room_for_rows_t: Tensor | None = None) -> Tensor:
     """Σ_r d_rows[r]ᵀ rows[r], (n, k) from d_rows (R, n) and rows (R, k): a weight's gradient.
 
     Taken as (rowsᵀ d_rows)ᵀ, which both oneDNN and MKL do faster for these shapes. oneDNN wants
-    rowsᵀ contiguous: ``scratch``, a (k, R) tensor, may be given to hold it.
+    rowsᵀ contiguous: a (k, R) tensor to hold it may be given.
     """
     if use_onednn(rows, rows.shape[1], rows.shape[0], d_rows.shape[1]):
-        rows_t = rows.t().contiguous() if scratch is None else scratch.copy_(rows.t())
+        rows_t = rows.t().contiguous() if room_for_rows_t is None else room_for_rows_t.copy_(rows.t())
         return _onednn(rows_t, d_rows.t()).t()
     return rows.t().mm(d_rows).t()
 

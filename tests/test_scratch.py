@@ -1,0 +1,29 @@
+"""Buffers reused between calls: never handed out twice at once, and reused once given back."""
+
+import torch
+
+from lstmlab.models.scratch import borrow, give_back, scratch
+
+
+def test_borrowed_buffers_are_never_shared_while_lent():
+    like = torch.empty(0)
+    first = borrow((100, 8), like)
+    second = borrow((100, 8), like)
+    first.fill_(1.0)
+    second.fill_(2.0)
+    assert torch.all(first == 1.0) and torch.all(second == 2.0)
+    give_back(first)
+    third = borrow((50, 8), like)  # fits in the buffer given back: reuses its memory
+    assert third.data_ptr() == first.data_ptr()
+    assert torch.all(second == 2.0)
+
+
+def test_named_scratch_is_reused_and_grows():
+    like = torch.empty(0, dtype=torch.float64)
+    small = scratch("test_named", (4, 4), like)
+    again = scratch("test_named", (2, 8), like)
+    assert again.data_ptr() == small.data_ptr() and again.dtype == torch.float64
+    bigger = scratch("test_named", (10, 10), like)
+    assert bigger.shape == (10, 10)
+    other = scratch("test_other_name", (4, 4), like)
+    assert other.data_ptr() != bigger.data_ptr()
