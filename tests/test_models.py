@@ -131,7 +131,7 @@ def test_lengths_give_each_sequence_the_result_it_gets_alone():
 
 @pytest.mark.parametrize("backward", ["autograd", "manual"])
 def test_padding_is_never_computed_so_even_nan_there_changes_nothing(backward):
-    """Past its length a sequence is not run at all (not run and masked): garbage there cannot leak."""
+    """Past its length a sequence is not run at all (rather than run and masked): garbage there cannot leak."""
     torch.manual_seed(0)
     hand = HandLSTM(3, 5, num_layers=2, bidirectional=True, batch_first=True, backward=backward).double()
     x, lengths = padded_batch([4, 6, 1])
