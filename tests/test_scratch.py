@@ -1,11 +1,23 @@
 """Buffers reused between calls: never handed out twice at once, and reused once given back."""
 
+from concurrent.futures import ThreadPoolExecutor
+
 import torch
 
 from lstmlab.models.scratch import borrow, give_back, scratch
 
 
+def in_a_fresh_thread(fn):
+    """Run fn where no buffer has been kept yet (they are kept per thread)."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(fn).result()
+
+
 def test_borrowed_buffers_are_never_shared_while_lent():
+    in_a_fresh_thread(borrow_and_give_back)
+
+
+def borrow_and_give_back():
     like = torch.empty(0)
     first = borrow((100, 8), like)
     second = borrow((100, 8), like)
@@ -19,6 +31,10 @@ def test_borrowed_buffers_are_never_shared_while_lent():
 
 
 def test_named_scratch_is_reused_and_grows():
+    in_a_fresh_thread(named_scratch)
+
+
+def named_scratch():
     like = torch.empty(0, dtype=torch.float64)
     small = scratch("test_named", (4, 4), like)
     again = scratch("test_named", (2, 8), like)
