@@ -41,10 +41,11 @@ def borrow(shape: tuple[int, ...], like: Tensor) -> Tensor:
     """An uninitialised tensor that is the caller's alone until :func:`give_back`; for a value
     that outlives one call (several may be out at once)."""
     numel = math.prod(shape)
-    free = _local.__dict__.setdefault("free", [])
-    for k, buffer in enumerate(free):
-        if buffer.dtype == like.dtype and buffer.numel() >= numel and _keeps(numel, like):
-            return free.pop(k)[:numel].view(shape)
+    if _keeps(numel, like):
+        free = _local.__dict__.setdefault("free", [])
+        for k, buffer in enumerate(free):
+            if buffer.dtype == like.dtype and buffer.numel() >= numel:
+                return free.pop(k)[:numel].view(shape)
     return like.new_empty(shape)
 
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from .variable_length import RunningRows
+from .variable_length import RunningRows, checked_lengths
 
 
 class StackedRecurrent(nn.Module):
@@ -93,7 +93,7 @@ class StackedRecurrent(nn.Module):
             input = input.transpose(0, 1)
         batch = input.shape[0]
         initial = self._initial_state(input, hx, batch)
-        given_lengths = None if lengths is None else _checked_lengths(lengths, batch)
+        given_lengths = None if lengths is None else checked_lengths(lengths, batch, input.shape[1])
         order = None
         if given_lengths is not None:
             lengths, order = given_lengths.sort(descending=True, stable=True)  # longest first, on the CPU
@@ -152,13 +152,6 @@ class StackedRecurrent(nn.Module):
         if self.bidirectional:
             s += ", bidirectional=True"
         return s
-
-
-def _checked_lengths(lengths, batch: int) -> Tensor:
-    lengths = torch.as_tensor(lengths).cpu()
-    if lengths.shape != (batch,):
-        raise ValueError(f"lengths: expected one per sequence, shape ({batch},), got {tuple(lengths.shape)}")
-    return lengths
 
 
 def _reordered(batch_first: Tensor, states: tuple[Tensor, ...], order: Tensor):

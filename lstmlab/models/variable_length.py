@@ -41,7 +41,7 @@ class RunningRows:
         self.batch, self.steps, self.reverse = batch, steps, reverse
         self.sizes = [batch] * steps
         self._index = None  # where each row sits in the time-major (T*B) flattening; None: in order
-        self._lengths = None if lengths is None else _checked_lengths(lengths, batch, steps)
+        self._lengths = None if lengths is None else _sorted(checked_lengths(lengths, batch, steps))
         if self._lengths is None or (batch and self._lengths.min() == steps):
             self._lengths = None  # every sequence runs every step
             return
@@ -104,16 +104,20 @@ class RunningRows:
         return ran, offsets[self._lengths[ran] - 1] + ran
 
 
-def _checked_lengths(lengths, batch: int, steps: int) -> Tensor:
-    """lengths as a CPU tensor, if they are ``batch`` integers in 0..steps, longest first."""
+def checked_lengths(lengths, batch: int, steps: int) -> Tensor:
+    """lengths as a CPU tensor, if they are ``batch`` integers in 0..steps."""
     lengths = torch.as_tensor(lengths)
     if lengths.shape != (batch,) or lengths.dtype.is_floating_point:
-        raise ValueError(f"lengths: expected {batch} integers, got {lengths.dtype} {tuple(lengths.shape)}")
+        raise ValueError(f"lengths: expected {batch} integers, one per sequence, got {lengths.dtype} {tuple(lengths.shape)}")
     lengths = lengths.cpu()
-    if batch and (lengths[:-1] < lengths[1:]).any():
-        raise ValueError(f"lengths: expected longest first (sorted, descending), got {lengths.tolist()}")
     if batch and (lengths.min() < 0 or lengths.max() > steps):
         raise ValueError(f"lengths: expected 0..{steps} (the steps of the batch), got {lengths.tolist()}")
+    return lengths
+
+
+def _sorted(lengths: Tensor) -> Tensor:
+    if len(lengths) and (lengths[:-1] < lengths[1:]).any():
+        raise ValueError(f"lengths: expected longest first (sorted, descending), got {lengths.tolist()}")
     return lengths
 
 
