@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from .lstm_function import lstm_direction_manual, with_g_rows_doubled
 from .matmul import RecurrentProducts
 from .stacked import StackedRecurrent
 from .variable_length import RunningRows, drop_ended, final_state
@@ -33,7 +34,7 @@ def lstm_direction(x, h, c, w_ih, w_hh, b_ih, b_hh, lengths=None):
     hidden = h.shape[1]
     running = RunningRows.of(x, lengths)  # step t runs the first n_t rows
     bias = None if b_ih is None else b_ih + b_hh
-    w_ih, w_hh, bias = (None if t is None else t * _double_g_rows(hidden, t) for t in (w_ih, w_hh, bias))
+    w_ih, w_hh, bias = (None if t is None else with_g_rows_doubled(t) for t in (w_ih, w_hh, bias))
     # W x_t + b for every step in one product, on rows laid out step after step: no x[:, t]
     # slices, whose backward writes a zero gradient the size of the whole sequence per step
     products = RecurrentProducts(running.rows(x), w_ih, bias, w_hh, running.sizes)
@@ -48,13 +49,6 @@ def lstm_direction(x, h, c, w_ih, w_hh, b_ih, b_hh, lengths=None):
         outs.append(h)
     h, c = final_state((h, c), ended)
     return running.padded(torch.cat(outs) if outs else x.new_zeros(0, hidden)), h, c
-
-
-def _double_g_rows(hidden: int, like: torch.Tensor) -> torch.Tensor:
-    """Factors 1, 1, 2, 1 for the rows of gates i, f, g, o: (4H, 1) for a weight, (4H,) for a bias."""
-    factors = torch.ones(4 * hidden, dtype=like.dtype, device=like.device)
-    factors[2 * hidden : 3 * hidden] = 2
-    return factors if like.dim() == 1 else factors.unsqueeze(1)
 
 
 class HandLSTM(StackedRecurrent):
@@ -86,8 +80,6 @@ class HandLSTM(StackedRecurrent):
 
     def _direction_fn(self):
         if self.backward == "manual":
-            from .lstm_function import lstm_direction_manual
-
             return lstm_direction_manual
         return lstm_direction
 

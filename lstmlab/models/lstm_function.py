@@ -106,10 +106,9 @@ class LSTMDirection(torch.autograd.Function):
         d_rows = d_gates  # ∂L/∂a for all R rows, (R, 4H)
         d_x = running.padded(matmul_t(d_rows, w_ih.t())) if need_x else None  # ∂L/∂x_t = ∂L/∂a_t W_ih
         # ∂L/∂W_ih = Σ_t ∂L/∂a_tᵀ x_t,  ∂L/∂W_hh = Σ_t ∂L/∂a_tᵀ h_{t-1},  ∂L/∂b_ih = ∂L/∂b_hh = Σ_t ∂L/∂a_t
-        rows_t = lambda rows: scratch("rows_t", rows.shape[::-1], rows)  # noqa: E731  (room for rowsᵀ)
-        d_w_ih = sum_of_outer_products(d_rows, x_rows, rows_t(x_rows)) if need_w_ih else None
+        d_w_ih = sum_of_outer_products(d_rows, x_rows) if need_w_ih else None
         h_prev = running.previous(h0, h, out=previous) if need_w_hh else None
-        d_w_hh = sum_of_outer_products(d_rows, h_prev, rows_t(h_prev)) if need_w_hh else None
+        d_w_hh = sum_of_outer_products(d_rows, h_prev) if need_w_hh else None
         d_bias = d_rows.sum(0) if need_b_ih or need_b_hh else None
         d_b_ih = d_bias if need_b_ih else None
         d_b_hh = d_bias if need_b_hh else None
@@ -133,7 +132,7 @@ def _forward_weights(w_ih, w_hh, b_ih, b_hh, double_g_rows: bool):
     bias = _combined_bias(b_ih, b_hh)
     if not double_g_rows:
         return w_ih, w_hh, bias
-    return tuple(None if t is None else _with_g_rows_doubled(t) for t in (w_ih, w_hh, bias))
+    return tuple(None if t is None else with_g_rows_doubled(t) for t in (w_ih, w_hh, bias))
 
 
 def _combined_bias(b_ih: Tensor | None, b_hh: Tensor | None) -> Tensor | None:
@@ -143,7 +142,10 @@ def _combined_bias(b_ih: Tensor | None, b_hh: Tensor | None) -> Tensor | None:
     return b_ih + b_hh
 
 
-def _with_g_rows_doubled(t: Tensor) -> Tensor:
+def with_g_rows_doubled(t: Tensor) -> Tensor:
+    """A copy of a weight (4H, ·) or bias (4H,) with the rows of gate g (the third quarter)
+    doubled, so that a σ over all four gates' pre-activations gives σ(2a_g) in the g slot.
+    Differentiable: under autograd, its gradient is the upstream one with those rows doubled."""
     hidden = t.shape[0] // 4
     t = t.clone()
     t[2 * hidden : 3 * hidden] *= 2

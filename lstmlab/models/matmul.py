@@ -65,14 +65,14 @@ def matmul_t(a: Tensor, w: Tensor, bias: Tensor | None = None) -> Tensor:
     return torch.mm(a, w.t()) if bias is None else torch.addmm(bias, a, w.t())
 
 
-def sum_of_outer_products(d_rows: Tensor, rows: Tensor, room_for_rows_t: Tensor | None = None) -> Tensor:
+def sum_of_outer_products(d_rows: Tensor, rows: Tensor) -> Tensor:
     """Σ_r d_rows[r]ᵀ rows[r], (n, k) from d_rows (R, n) and rows (R, k): a weight's gradient.
 
     Taken as (rowsᵀ d_rows)ᵀ, which both oneDNN and MKL do faster for these shapes. oneDNN wants
-    rowsᵀ contiguous: a (k, R) tensor to hold it may be given.
+    rowsᵀ contiguous: it is copied into a reused scratch buffer (used only within this call).
     """
     if use_onednn(rows, rows.shape[1], rows.shape[0], d_rows.shape[1]):
-        rows_t = rows.t().contiguous() if room_for_rows_t is None else room_for_rows_t.copy_(rows.t())
+        rows_t = scratch("rows_t", (rows.shape[1], rows.shape[0]), rows).copy_(rows.t())
         return _onednn(rows_t, d_rows.t()).t()
     return rows.t().mm(d_rows).t()
 
@@ -238,13 +238,12 @@ class _InputProjection(torch.autograd.Function):
         need_x, need_w_ih, need_bias, need_w_hh, _, _ = ctx.needs_input_grad
         d_rows = d_rows.contiguous()
         d_x = matmul_t(d_rows, w_ih.t()) if need_x else None  # ∂L/∂x_t = ∂L/∂a_t W
-        rows_t = lambda rows: scratch("rows_t", rows.shape[::-1], rows)  # noqa: E731  (room for rowsᵀ)
-        d_w_ih = sum_of_outer_products(d_rows, x_rows, rows_t(x_rows)) if need_w_ih else None  # Σ_t ∂L/∂a_tᵀ x_t
+        d_w_ih = sum_of_outer_products(d_rows, x_rows) if need_w_ih else None  # Σ_t ∂L/∂a_tᵀ x_t
         d_bias = d_rows.sum(0) if need_bias else None  # Σ_t ∂L/∂a_t
         d_w_hh = None
         if need_w_hh:
             h_rows = torch.cat(ctx.h_inputs, out=scratch("h_inputs", (d_rows.shape[0], ctx.h_inputs[0].shape[1]), d_rows))
-            d_w_hh = sum_of_outer_products(d_rows, h_rows, rows_t(h_rows))  # Σ_t ∂L/∂a_tᵀ h_{t-1}
+            d_w_hh = sum_of_outer_products(d_rows, h_rows)  # Σ_t ∂L/∂a_tᵀ h_{t-1}
         if lent is not None:
             give_back(lent)
         return d_x, d_w_ih, d_bias, d_w_hh, None, None
