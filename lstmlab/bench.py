@@ -34,15 +34,13 @@ QUICK_VARIABLE = (4, 6, 8, 3, 7)
 class Row:
     case: str
     model: str
-    ms: float | None  # per batch, forward + backward; None = not available
+    ms: float  # per batch, forward + backward
     steps: int
     flops: float  # forward + backward matmul FLOPs of one batch
-    base_ms: float | None  # the case's first row (nn.LSTM), which this one is compared with
+    base_ms: float  # the case's first row (nn.LSTM), which this one is compared with
 
     def cells(self) -> list[str]:
-        if self.ms is None:
-            return [self.case, self.model, "n/a", "n/a", "n/a", "n/a"]
-        ratio = f"{self.ms / self.base_ms:.2f}×" if self.base_ms else "—"
+        ratio = f"{self.ms / self.base_ms:.2f}×"
         gflops = self.flops / (self.ms / 1e3) / 1e9
         return [self.case, self.model, f"{self.ms:.2f}", f"{self.ms / self.steps:.3f}", ratio, f"{gflops:.1f}"]
 
@@ -54,8 +52,8 @@ def matmul_flops(batch, steps, inputs, hidden, gates=4, directions=1) -> float:
 MIN_SAMPLE_S = 0.02  # calls shorter than this are timed as a loop of calls lasting about this long
 
 
-def best_ms(fns: dict[str, Callable[[], None] | None], repeat: int, warmup: int, device) -> dict[str, float | None]:
-    """Each function's fastest time per call in milliseconds (None for a None function).
+def best_ms(fns: dict[str, Callable[[], None]], repeat: int, warmup: int, device) -> dict[str, float]:
+    """Each function's fastest time per call in milliseconds.
 
     The functions are timed in turn, round after round (``repeat`` rounds after ``warmup``
     untimed calls each), so a slow spell of a shared machine falls on all of them alike rather
@@ -71,17 +69,16 @@ def best_ms(fns: dict[str, Callable[[], None] | None], repeat: int, warmup: int,
         sync()
         return (time.perf_counter() - start) / calls
 
-    live = {name: fn for name, fn in fns.items() if fn is not None}
     calls = {}
-    for name, fn in live.items():
+    for name, fn in fns.items():
         for _ in range(max(warmup - 1, 0)):
             fn()
         calls[name] = max(1, round(MIN_SAMPLE_S / max(seconds(fn, 1), 1e-6)))
-    best = {name: float("inf") for name in live}
+    best = {name: float("inf") for name in fns}
     for _ in range(repeat):
-        for name, fn in live.items():
+        for name, fn in fns.items():
             best[name] = min(best[name], seconds(fn, calls[name]))
-    return {name: (best[name] * 1e3 if name in best else None) for name in fns}
+    return {name: seconds * 1e3 for name, seconds in best.items()}
 
 
 def train_step(model: nn.Module, x, **kwargs) -> Callable[[], None]:
@@ -98,21 +95,10 @@ def train_step(model: nn.Module, x, **kwargs) -> Callable[[], None]:
     return step
 
 
-def manual_backward_available() -> bool:
-    try:
-        from .models import lstm_function  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def hand_lstms(reference: nn.LSTM, device) -> dict[str, HandLSTM | None]:
-    """HandLSTM with each backward, carrying the reference's weights (None where unavailable)."""
+def hand_lstms(reference: nn.LSTM, device) -> dict[str, HandLSTM]:
+    """HandLSTM with each backward, carrying the reference's weights."""
     models = {}
     for backward in ("autograd", "manual"):
-        if backward == "manual" and not manual_backward_available():
-            models[f"hand_lstm ({backward})"] = None
-            continue
         hand = HandLSTM(
             reference.input_size,
             reference.hidden_size,
@@ -131,10 +117,10 @@ def fixed_length_rows(name, size, args, device) -> Iterator[Row]:
     x = torch.randn(batch, steps, inputs, device=device, requires_grad=True)
     reference = nn.LSTM(inputs, hidden, batch_first=True).to(device)
     lstm_flops = matmul_flops(batch, steps, inputs, hidden)
-    models: dict[str, tuple[nn.Module | None, float]] = {"nn.LSTM": (reference, lstm_flops)}
+    models: dict[str, tuple[nn.Module, float]] = {"nn.LSTM": (reference, lstm_flops)}
     models |= {label: (m, lstm_flops) for label, m in hand_lstms(reference, device).items()}
     models["hand_rnn"] = (HandRNN(inputs, hidden, batch_first=True).to(device), lstm_flops / 4)
-    steps_of = {label: None if model is None else train_step(model, x) for label, (model, _) in models.items()}
+    steps_of = {label: train_step(model, x) for label, (model, _) in models.items()}
     times = best_ms(steps_of, args.repeat, args.warmup, device)
     base = times["nn.LSTM"]
     for label, (_, flops) in models.items():
@@ -166,21 +152,18 @@ def variable_length_rows(size, args, device, checks: list[str]) -> Iterator[Row]
         ("nn.LSTM, padded (wrong final states)", reference, x_padded, {}),
     ]
     candidates += [(f"{label}, lengths", m, x_padded, {"lengths": lengths.to(device)}) for label, m in hand_lstms(reference, device).items()]
-    fns = {label: None if model is None else train_step(model, data, **kwargs) for label, model, data, kwargs in candidates}
+    fns = {label: train_step(model, data, **kwargs) for label, model, data, kwargs in candidates}
     times = best_ms(fns, args.repeat, args.warmup, device)
     base = times[candidates[0][0]]
     for label, *_ in candidates:
         yield Row(case, label, times[label], steps, flops, base)
     for label, *_ in candidates[2:]:
-        if times[label] is not None:
-            checks.append(f"{label}: {base / times[label]:.1f}× as fast as nn.LSTM on the PackedSequence")
+        checks.append(f"{label}: {base / times[label]:.1f}× as fast as nn.LSTM on the PackedSequence")
 
     with torch.no_grad():
         out_ref, (h_ref, c_ref) = reference(packed)
         out_ref, _ = pad_packed_sequence(out_ref, batch_first=True, total_length=steps)
         for label, model, _, kwargs in candidates[2:]:
-            if model is None:
-                continue
             out, (h_n, c_n) = model(x_padded, **kwargs)
             diff = max((a - b).abs().max().item() for a, b in ((out, out_ref), (h_n, h_ref), (c_n, c_ref)))
             checks.append(f"{label}: max |difference| from nn.LSTM on the PackedSequence (outputs, h_n, c_n) = {diff:.2e}")
