@@ -29,7 +29,8 @@ def lstm_direction(x, h, c, w_ih, w_hh, b_ih, b_hh, lengths=None):
     one matmul for the four gates and one sigmoid over all of them. The candidate g_t comes
     from that sigmoid too, through tanh(a) = 2σ(2a) − 1, with the g rows of W, U and b doubled
     once before the loop: cheaper than a tanh on the g slice (ATen's tanh costs several times
-    its sigmoid) and than the zero-filled gradient a slice's backward writes every step.
+    its sigmoid) and than the zero-filled gradient a slice's backward writes every step. And
+    i_t ⊙ g_t = 2 i_t ⊙ σ(2a_g) − i_t goes into c_t without g_t being formed (one op less).
     """
     hidden = h.shape[1]
     running = RunningRows.of(x, lengths)  # step t runs the first n_t rows
@@ -42,9 +43,8 @@ def lstm_direction(x, h, c, w_ih, w_hh, b_ih, b_hh, lengths=None):
     for t, n in enumerate(running.sizes):
         h, c = drop_ended((h, c), n, ended)  # sequences that have ended keep their state
         gates = products.step(t, h)  # a_t = W x_t + U h_{t-1} + b, all four gates (2a_g in the g slot): (n, 4H)
-        i, f, g, o = torch.sigmoid(gates).chunk(4, 1)  # i_t, f_t, o_t = σ(a_i), σ(a_f), σ(a_o); σ(2a_g)
-        g = g * 2 - 1  # g_t = tanh(a_g) = 2σ(2a_g) − 1
-        c = torch.addcmul(f * c, i, g)  # c_t = f_t ⊙ c_{t-1} + i_t ⊙ g_t
+        i, f, s, o = torch.sigmoid(gates).chunk(4, 1)  # i_t, f_t, o_t = σ(a_i), σ(a_f), σ(a_o); s_t = σ(2a_g)
+        c = torch.addcmul(f * c, i, s, value=2) - i  # c_t = f_t ⊙ c_{t-1} + i_t ⊙ g_t, g_t = tanh(a_g) = 2s_t − 1
         h = o * torch.tanh(c)  # h_t = o_t ⊙ tanh(c_t)
         outs.append(h)
     h, c = final_state((h, c), ended)

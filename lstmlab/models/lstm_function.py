@@ -29,9 +29,13 @@ How it is organised:
   gradients of their final states ∂L/∂h_T, ∂L/∂c_T.
 * The weight, bias and input gradients are sums over all steps, so they are taken once at the
   end as single matrix products over the R rows of ∂L/∂a.
+* Few calls per step, since at small sizes each call's fixed cost is what a step costs: one σ
+  call gives all four gates (g_t = tanh(a_g) = 2σ(2a_g) − 1 from doubled g rows), and i_t ⊙ g_t
+  goes into c_t without forming g_t.
 * Speed on CPU: large float32 products go through oneDNN (see :mod:`lstmlab.models.matmul`); for
-  large tensors tanh is taken as 2σ(2x) − 1, σ being several times cheaper than tanh in ATen;
-  and the backward pass's large temporaries reuse per-thread buffers (:mod:`lstmlab.models.scratch`).
+  large tensors tanh(c_t) is also taken as 2σ(2x) − 1, σ being several times cheaper than tanh
+  in ATen; and the backward pass's large temporaries reuse per-thread buffers
+  (:mod:`lstmlab.models.scratch`).
 """
 
 from __future__ import annotations
@@ -83,23 +87,23 @@ class LSTMDirection(torch.autograd.Function):
         x_rows = running.rows(x)  # (R, I), step after step
         sizes, hidden = running.sizes, w_hh.shape[1]
         tanh_via_sigmoid = _tanh_via_sigmoid_pays(x_rows, max(sizes, default=0) * hidden)
-        fw_ih, fw_hh, bias = _forward_weights(w_ih, w_hh, b_ih, b_hh, double_g_rows=tanh_via_sigmoid)
+        fw_ih, fw_hh, bias = _forward_weights(w_ih, w_hh, b_ih, b_hh)  # g rows doubled
         gates = matmul_t(x_rows, fw_ih, bias)  # W_ih x_t + b for every row at once: (R, 4H)
-        h, c, cand, tanh_c = (gates.new_empty(gates.shape[0], hidden) for _ in range(4))
-        _run_forward(gates, h, c, cand, tanh_c, h0, c0, fw_hh, running, tanh_via_sigmoid)
+        h, c, tanh_c = (gates.new_empty(gates.shape[0], hidden) for _ in range(3))
+        _run_forward(gates, h, c, tanh_c, h0, c0, fw_hh, running, tanh_via_sigmoid)
         h_last, c_last = _final_states(h, c, h0, c0, running)
         ctx.running = running
-        ctx.save_for_backward(x_rows, w_ih, w_hh, h0, c0, gates, cand, c, tanh_c, h)
+        ctx.save_for_backward(x_rows, w_ih, w_hh, h0, c0, gates, c, tanh_c, h)
         return running.padded(h), h_last, c_last
 
     @staticmethod
     @once_differentiable
     def backward(ctx, d_out, d_h_last, d_c_last):
-        x_rows, w_ih, w_hh, h0, c0, acts, cand, c, tanh_c, h = ctx.saved_tensors
+        x_rows, w_ih, w_hh, h0, c0, acts, c, tanh_c, h = ctx.saved_tensors
         need_x, need_h0, need_c0, need_w_ih, need_w_hh, need_b_ih, need_b_hh, _ = ctx.needs_input_grad
         running = ctx.running
         previous = scratch("previous", c.shape, c)  # c_{t-1} for each row, later h_{t-1}
-        d_gates, dh_dc, forget = _local_derivatives(acts, cand, running.previous(c0, c, out=previous), tanh_c)
+        d_gates, dh_dc, forget = _local_derivatives(acts, running.previous(c0, c, out=previous), tanh_c)
         d_out = running.per_step_of_padded(d_out)  # ∂L/∂out_t, (n_t, H) each
         d_h0, d_c0 = _run_backward(d_gates, dh_dc, forget, d_out, d_h_last, d_c_last, w_hh, running, need_h0)
 
@@ -123,15 +127,11 @@ def _tanh_via_sigmoid_pays(x: Tensor, step_elements: int) -> bool:
     return x.device.type == "cpu" and step_elements >= _TANH_VIA_SIGMOID_MIN_ELEMENTS
 
 
-def _forward_weights(w_ih, w_hh, b_ih, b_hh, double_g_rows: bool):
-    """(W_ih, W_hh, b_ih + b_hh) as the forward pass uses them.
-
-    With double_g_rows, copies whose g rows are doubled: the pre-activations then hold 2a_g, and
-    one σ call over all four gates gives σ(2a_g), from which tanh(a_g) = 2σ(2a_g) − 1.
-    """
+def _forward_weights(w_ih, w_hh, b_ih, b_hh):
+    """(W_ih, W_hh, b_ih + b_hh) as the forward pass uses them: copies whose g rows are doubled,
+    so that the pre-activations hold 2a_g and one σ call over all four gates gives σ(2a_g),
+    from which g_t = tanh(a_g) = 2σ(2a_g) − 1."""
     bias = _combined_bias(b_ih, b_hh)
-    if not double_g_rows:
-        return w_ih, w_hh, bias
     return tuple(None if t is None else with_g_rows_doubled(t) for t in (w_ih, w_hh, bias))
 
 
@@ -142,44 +142,49 @@ def _combined_bias(b_ih: Tensor | None, b_hh: Tensor | None) -> Tensor | None:
     return b_ih + b_hh
 
 
+_G_ROW_SCALES: dict[tuple, Tensor] = {}  # (rows, dims, dtype, device) -> 1 on rows i, f, o; 2 on rows g
+
+
 def with_g_rows_doubled(t: Tensor) -> Tensor:
     """A copy of a weight (4H, ·) or bias (4H,) with the rows of gate g (the third quarter)
     doubled, so that a σ over all four gates' pre-activations gives σ(2a_g) in the g slot.
-    Differentiable: under autograd, its gradient is the upstream one with those rows doubled."""
-    hidden = t.shape[0] // 4
-    t = t.clone()
-    t[2 * hidden : 3 * hidden] *= 2
-    return t
+    One multiplication: under autograd, its gradient is the upstream one with those rows doubled."""
+    key = (t.shape[0], t.dim(), t.dtype, t.device)
+    scale = None if torch.compiler.is_compiling() else _G_ROW_SCALES.get(key)
+    if scale is None:
+        hidden = t.shape[0] // 4
+        scale = torch.ones(t.shape[0], *[1] * (t.dim() - 1), dtype=t.dtype, device=t.device)
+        scale[2 * hidden : 3 * hidden] = 2
+        if not torch.compiler.is_compiling():
+            scale = _G_ROW_SCALES.setdefault(key, scale)
+    return t * scale
 
 
-def _run_forward(gates, h, c, cand, tanh_c, h0, c0, w_hh, running, tanh_via_sigmoid: bool):
-    """The recurrence. On entry gates holds W_ih x_t + b; on exit (i, f, ·, o) per row.
+def _run_forward(gates, h, c, tanh_c, h0, c0, w_hh, running, tanh_via_sigmoid: bool):
+    """The recurrence. On entry gates holds W_ih x_t + b (2a_g in the g slot); on exit
+    (i_t, f_t, σ(2a_g), o_t) per row.
 
-    Fills the (R, H) buffers h (h_t), c (c_t), cand (g_t) and tanh_c (tanh(c_t)) in place. g_t goes
-    to its own buffer so that one σ call covers the whole row of gates (its g slot is left
-    unused). With tanh_via_sigmoid (the g rows of gates and w_hh doubled, see _forward_weights)
-    every tanh is taken as tanh(x) = 2σ(2x) − 1: on CPU ATen's σ costs several times less per
-    element than its tanh, which pays off once a step's tensors are large enough to outweigh the
-    extra calls.
+    Fills the (R, H) buffers h (h_t), c (c_t) and tanh_c (tanh(c_t)) in place. One σ call covers
+    the whole row of gates: the g rows of gates and w_hh are doubled (see _forward_weights), so
+    the g slot gets σ(2a_g), and i_t ⊙ g_t = i_t ⊙ (2σ(2a_g) − 1) goes into c_t without g_t
+    ever being formed (the backward pass forms it for all rows at once). With tanh_via_sigmoid
+    tanh(c_t) is taken the same way, as 2σ(2c_t) − 1: on CPU ATen's σ costs several times less
+    per element than its tanh, which pays off once a step's tensors are large enough to
+    outweigh the extra calls.
     """
     hidden, sizes = h0.shape[1], running.sizes
     a = running.per_step(gates)  # per-step (n_t, 4H) views into the preallocated buffers
-    i, f, a_g, o = (running.per_step(gates[:, k * hidden : (k + 1) * hidden]) for k in range(4))
-    h, c, g, tc = (running.per_step(buffer) for buffer in (h, c, cand, tanh_c))
+    i, f, s, o = (running.per_step(gates[:, k * hidden : (k + 1) * hidden]) for k in range(4))
+    h, c, tc = (running.per_step(buffer) for buffer in (h, c, tanh_c))
     recurrent = StepWeight(w_hh, max(sizes, default=0), steps=len(sizes))
     h_prev, c_prev = h0, c0
     for t, n in enumerate(sizes):
         if n < h_prev.shape[0]:  # only the first n sequences are still running
             h_prev, c_prev = h_prev[:n], c_prev[:n]
         pre = recurrent.add_to(a[t], h_prev)  # a_t = W_ih x_t + b + W_hh h_{t-1} (in a[t] or new)
-        if tanh_via_sigmoid:  # the g rows hold 2a_g, so the g slot now holds σ(2a_g)
-            torch.sigmoid(pre, out=a[t])  # i_t, f_t, o_t = σ(a_i), σ(a_f), σ(a_o)
-            torch.mul(a_g[t], 2, out=g[t]).sub_(1)  # g_t = tanh(a_g) = 2σ(2a_g) − 1
-        else:
-            torch.tanh(pre.narrow(1, 2 * hidden, hidden), out=g[t])  # g_t = tanh(a_g), before σ overwrites a_g
-            torch.sigmoid(pre, out=a[t])  # i_t, f_t, o_t = σ(a_i), σ(a_f), σ(a_o)
+        torch.sigmoid(pre, out=a[t])  # i_t, f_t, o_t = σ(a_i), σ(a_f), σ(a_o); s_t = σ(2a_g)
         torch.mul(f[t], c_prev, out=c[t])  # c_t = f_t ⊙ c_{t-1}
-        c[t].addcmul_(i[t], g[t])  #           + i_t ⊙ g_t
+        c[t].addcmul_(i[t], s[t], value=2).sub_(i[t])  # + i_t ⊙ g_t, g_t = tanh(a_g) = 2s_t − 1
         if tanh_via_sigmoid:
             torch.mul(c[t], 2, out=tc[t]).sigmoid_().mul_(2).sub_(1)  # tanh(c_t) = 2σ(2c_t) − 1
         else:
@@ -204,13 +209,15 @@ def _final_states(h: Tensor, c: Tensor, h0: Tensor, c0: Tensor, running: Running
 # ---------------------------------------------------------------------------------- backward
 
 
-def _local_derivatives(acts: Tensor, g: Tensor, c_prev: Tensor, tanh_c: Tensor):
+def _local_derivatives(acts: Tensor, c_prev: Tensor, tanh_c: Tensor):
     """Derivatives that only need forward values, for all rows at once.
 
-    Returns the (R, 4H) buffer that the backward loop turns into ∂L/∂a in place, holding for
-    now (∂c_t/∂a_i, ∂c_t/∂a_f, ∂c_t/∂a_g, ∂h_t/∂a_o); ∂h_t/∂c_t (R, H); and f_t (R, H).
+    acts holds (i_t, f_t, σ(2a_g), o_t) per row. Returns the (R, 4H) buffer that the backward
+    loop turns into ∂L/∂a in place, holding for now (∂c_t/∂a_i, ∂c_t/∂a_f, ∂c_t/∂a_g,
+    ∂h_t/∂a_o); ∂h_t/∂c_t (R, H); and f_t (R, H).
     """
-    i, f, _, o = acts.chunk(4, 1)
+    i, f, s, o = acts.chunk(4, 1)
+    g = torch.mul(s, 2, out=scratch("g", s.shape, s)).sub_(1)  # g_t = tanh(a_g) = 2σ(2a_g) − 1
     local = scratch("d_gates", acts.shape, acts)
     d_i, d_f, d_g, d_o = local.chunk(4, 1)
     _sigmoid_backward.grad_input(g, i, grad_input=d_i)  # ∂c_t/∂a_i = g_t ⊙ σ'(a_i), σ' = σ(1−σ)

@@ -74,8 +74,8 @@ class RunningRows:
 
     def per_step(self, rows: Tensor) -> tuple[Tensor, ...]:
         """Rows (R, ...) -> a view (sizes[t], ...) of each step's rows."""
-        if self._lengths is None:  # one C++ call, not a Python-level split per tensor
-            return rows.unflatten(0, (self.steps, self.batch)).unbind(0)
+        if self._lengths is None:  # two C++ calls, not a Python-level split per tensor
+            return rows.view(self.steps, self.batch, *rows.shape[1:]).unbind(0)
         return rows.split_with_sizes(self.sizes)
 
     def per_step_of_padded(self, x: Tensor) -> tuple[Tensor, ...]:
