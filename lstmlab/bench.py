@@ -1,10 +1,12 @@
 """Forward+backward time per batch of the hand-built layers against torch.nn.LSTM.
 
-    python -m lstmlab.bench [--device cpu|cuda] [--threads 2] [--repeat 5] [--sizes adder,imdb,large,variable] [--quick]
+    python -m lstmlab.bench [--device cpu|cuda] [--threads 2] [--repeat 5] [--sizes adder,imdb,large,variable] [--quick] [--no-compile]
 
 Every model gets the same input and, for the LSTMs, the same weights (nn.LSTM's state_dict
 loaded into HandLSTM). Each row is the best of ``--repeat`` timed rounds after warm-up, the
-models of a case timed in turn in every round.
+models of a case timed in turn in every round. Cases of at most COMPILE_MAX_STEPS steps also
+time HandLSTM (autograd) under ``torch.compile``, which fuses each step's elementwise gate math
+and its derivative into one kernel (its compile time is printed below the table).
 GFLOP/s counts the matmuls only: 2·B·T·G·H·(I+H) forward (G = 4 gates for an LSTM, 1 for
 the RNN), ×3 for forward and backward, ×2 when bidirectional. Prints markdown tables.
 """
@@ -111,7 +113,26 @@ def hand_lstms(reference: nn.LSTM, device) -> dict[str, HandLSTM]:
     return models
 
 
-def fixed_length_rows(name, size, args, device) -> Iterator[Row]:
+COMPILED = "hand_lstm (autograd), torch.compile"
+COMPILE_MAX_STEPS = 16  # torch.compile unrolls the loop: longer sequences take minutes to compile
+
+
+def compiled_hand_lstm(reference: nn.LSTM, device, x, checks: list[str]) -> nn.Module | None:
+    """HandLSTM (autograd) with the reference's weights under torch.compile, compiled here by a
+    first forward and backward pass, or None if it cannot be compiled (a line in ``checks`` says why)."""
+    hand = hand_lstms(reference, device)["hand_lstm (autograd)"]
+    compiled = torch.compile(hand, fullgraph=True)
+    start = time.perf_counter()
+    try:
+        train_step(compiled, x)()
+    except Exception as exc:  # no C++ compiler, an unsupported platform
+        checks.append(f"{COMPILED}: not run, torch.compile failed: {str(exc).strip().splitlines()[0]}")
+        return None
+    checks.append(f"{COMPILED}: {time.perf_counter() - start:.1f} s to compile (once per shape; cached on disk)")
+    return compiled
+
+
+def fixed_length_rows(name, size, args, device, checks: list[str]) -> Iterator[Row]:
     batch, steps, inputs, hidden = size
     torch.manual_seed(0)
     x = torch.randn(batch, steps, inputs, device=device, requires_grad=True)
@@ -120,6 +141,10 @@ def fixed_length_rows(name, size, args, device) -> Iterator[Row]:
     models: dict[str, tuple[nn.Module, float]] = {"nn.LSTM": (reference, lstm_flops)}
     models |= {label: (m, lstm_flops) for label, m in hand_lstms(reference, device).items()}
     models["hand_rnn"] = (HandRNN(inputs, hidden, batch_first=True).to(device), lstm_flops / 4)
+    if args.compile and steps <= COMPILE_MAX_STEPS:
+        compiled = compiled_hand_lstm(reference, device, x, checks)
+        if compiled is not None:
+            models[COMPILED] = (compiled, lstm_flops)
     steps_of = {label: train_step(model, x) for label, (model, _) in models.items()}
     times = best_ms(steps_of, args.repeat, args.warmup, device)
     base = times["nn.LSTM"]
@@ -193,6 +218,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2, help="untimed batches before timing")
     parser.add_argument("--sizes", default="adder,imdb,large,variable", help="comma-separated: adder, imdb, large, variable")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one repeat: a smoke test")
+    parser.add_argument("--no-compile", dest="compile", action="store_false",
+                        help=f"skip the torch.compile row (made for cases of at most {COMPILE_MAX_STEPS} steps)")
     args = parser.parse_args(argv)
     if args.quick:
         args.repeat, args.warmup = 1, 1  # two passes: a graph reused across passes would fail
@@ -222,7 +249,7 @@ def main(argv=None) -> None:
         if name == "variable":
             rows = variable_length_rows(QUICK_VARIABLE if args.quick else VARIABLE, args, device, checks)
         else:
-            rows = fixed_length_rows(name, sizes[name], args, device)
+            rows = fixed_length_rows(name, sizes[name], args, device, checks)
         for row in rows:
             print(markdown_line(row.cells()), flush=True)
     if checks:

@@ -193,6 +193,7 @@ class TrainerConf:
     progress: bool = True
     resume: Optional[str] = None
     detect_anomaly: bool = False
+    compile: bool = False
 
     def __post_init__(self) -> None:
         _at_least("trainer.max_epochs", self.max_epochs, 1)

@@ -82,6 +82,7 @@ class Trainer:
         eval_every: int = 1,
         progress: bool = True,
         detect_anomaly: bool = False,
+        compile: bool = False,
         seed: int = 0,
     ) -> None:
         self.make_optimizer = optimizer
@@ -101,6 +102,7 @@ class Trainer:
         self.eval_every = eval_every
         self.progress = progress
         self.detect_anomaly = detect_anomaly
+        self.compile = compile
         self.seed = seed
 
     def fit(
@@ -119,6 +121,7 @@ class Trainer:
         """
         monitor, mode = self.monitor_of(task)
         net.to(self.device)
+        run = self.runner(net)
         optimizer = self.make_optimizer(net.parameters())
         generator = torch.Generator().manual_seed(self.seed)
         steps_per_epoch = task.num_train_batches(self.batch_size)
@@ -133,10 +136,10 @@ class Trainer:
                    unit="step", disable=not self.progress, mininterval=0.5, dynamic_ncols=True)
         with bar, logging_redirect_tqdm(), torch.autograd.set_detect_anomaly(self.detect_anomaly):
             for epoch in range(first, self.max_epochs + 1):
-                train_loss, step = self._train_epoch(net, task, optimizer, generator, bar, epoch, step)
+                train_loss, step = self._train_epoch(net, run, task, optimizer, generator, bar, epoch, step)
                 row = {"epoch": epoch, "step": step, "seconds": 0.0, "train_loss": train_loss}
                 if epoch % self.eval_every == 0 or epoch == self.max_epochs:
-                    row.update(self.evaluate(net, task))
+                    row.update(task.evaluate(self.predictor(net, run)))
                 row["seconds"] = round(time.perf_counter() - begin, 4)
                 result.epochs, result.metrics = epoch, row
                 value = row.get(monitor)
@@ -163,13 +166,19 @@ class Trainer:
         monitor = self.monitor or task.monitor
         return monitor, self.mode or (task.monitor_mode if monitor == task.monitor else "min")
 
-    def _train_epoch(self, net, task, optimizer, generator, bar, epoch: int, step: int) -> tuple[float, int]:
-        """One pass over the training data; returns the mean loss and the global step reached."""
+    def runner(self, net: nn.Module) -> nn.Module:
+        """What the batches run through: ``net``, or with ``compile`` net compiled by
+        ``torch.compile`` (which shares its parameters; checkpoints keep saving ``net``)."""
+        return torch.compile(net) if self.compile else net
+
+    def _train_epoch(self, net, run, task, optimizer, generator, bar, epoch: int, step: int) -> tuple[float, int]:
+        """One pass over the training data through ``run`` (see :meth:`runner`); returns the mean
+        loss and the global step reached."""
         net.train()
         total, steps = 0.0, 0
         for batch in task.train_batches(self.batch_size, self.shuffle, generator):
             inputs, lengths = self._to_device(batch)
-            loss = task.loss(net(inputs, lengths), Batch(inputs, batch.targets.to(self.device), lengths))
+            loss = task.loss(run(inputs, lengths), Batch(inputs, batch.targets.to(self.device), lengths))
             value = loss.item()
             if not math.isfinite(value):
                 raise Diverged(epoch, step + steps + 1, f"loss is {value}")
@@ -196,14 +205,16 @@ class Trainer:
     def evaluate(self, net: nn.Module, task: Task) -> dict[str, float]:
         return task.evaluate(self.predictor(net))
 
-    def predictor(self, net: nn.Module) -> Predict:
-        """The task-facing view of the network: a batch -> its outputs on the CPU, eval mode, no grad."""
+    def predictor(self, net: nn.Module, run: nn.Module | None = None) -> Predict:
+        """The task-facing view of the network: a batch -> its outputs on the CPU, eval mode, no
+        grad; run through ``run`` (see :meth:`runner`) if given."""
         net.eval()
+        run = net if run is None else run
 
         @torch.no_grad()
         def predict(batch: Batch) -> torch.Tensor:
             inputs, lengths = self._to_device(batch)
-            return net(inputs, lengths).float().cpu()
+            return run(inputs, lengths).float().cpu()
 
         return predict
 

@@ -9,7 +9,7 @@ from lstmlab import bench
 def test_quick_bench_prints_every_row_and_the_check(capsys):
     threads = torch.get_num_threads()
     try:
-        bench.main(["--quick", "--threads", "1"])
+        bench.main(["--quick", "--threads", "1", "--no-compile"])
     finally:
         torch.set_num_threads(threads)
     printed = capsys.readouterr().out
@@ -22,6 +22,20 @@ def test_quick_bench_prints_every_row_and_the_check(capsys):
     assert variable[:3] == ["nn.LSTM, PackedSequence", "nn.LSTM, padded (wrong final states)", "hand_lstm (autograd), lengths"]
     check = next(line for line in printed.splitlines() if line.startswith("hand_lstm (autograd), lengths: max"))
     assert float(check.rsplit("= ", 1)[1]) < 1e-5  # same outputs and final states as the packed run
+
+
+def test_short_cases_also_time_the_compiled_hand_lstm(capsys):
+    threads = torch.get_num_threads()
+    try:
+        bench.main(["--quick", "--threads", "1", "--sizes", "adder"])
+    finally:
+        torch.set_num_threads(threads)
+    printed = capsys.readouterr().out
+    compiled = [line for line in printed.splitlines() if line.startswith(bench.COMPILED)]
+    assert len(compiled) == 1, printed  # its compile time, or why it could not compile
+    if "torch.compile failed" not in compiled[0]:
+        rows = [line.split(" | ")[1] for line in printed.splitlines() if line.startswith("| adder ")]
+        assert rows[-1] == bench.COMPILED
 
 
 def test_unknown_size_is_refused():

@@ -1,5 +1,7 @@
 """The real `lstmlab` command, end to end: what a user types and what a run leaves behind."""
 
+import shutil
+
 import pandas as pd
 import pytest
 import torch
@@ -23,6 +25,17 @@ def test_adder_run_writes_metrics_result_and_model(lab):
     state = torch.load(lab.run_dir / "model.pt", weights_only=True)
     assert sum(v.numel() for v in state.values()) == result["params"]
     assert "rnn.weight_ih_l0" in state
+
+
+@pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "c++", "clang++")), reason="torch.compile needs a C++ compiler")
+def test_compiled_run_trains_and_saves_the_plain_model(lab):
+    proc = lab("task=adder", "model=hand_lstm", *TINY_ADDER, "trainer.max_epochs=1", "task.eval_bits=[16]",
+               "trainer.compile=true")
+    assert proc.returncode == 0, proc.stderr
+    result = pd.read_csv(lab.run_dir / "result.csv").iloc[0]
+    assert result["trainer.compile"] and result["status"] == "finished" and 0 <= result["exhaustive_acc"] <= 1
+    state = torch.load(lab.run_dir / "model.pt", weights_only=True)
+    assert "rnn.weight_ih_l0" in state  # the network's own names, not the compiled wrapper's
 
 
 def test_torch_lstm_with_overrides_and_reference_experiment(lab):

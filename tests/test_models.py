@@ -258,3 +258,25 @@ class _DoubleNet(torch.nn.Module):
 
     def forward(self, inputs, lengths=None):
         return self.net(inputs.double(), lengths).float()
+
+
+def has_cpp_compiler() -> bool:
+    import shutil
+
+    return any(shutil.which(c) for c in ("g++", "c++", "clang++"))
+
+
+@pytest.mark.skipif(not has_cpp_compiler(), reason="torch.compile needs a C++ compiler on the CPU")
+def test_hand_lstm_under_torch_compile_matches_torch_in_one_graph():
+    """torch.compile traces the autograd loop into one graph (no graph break) and fuses it; the
+    outputs, final states and gradients stay nn.LSTM's."""
+    reference, hand = twin_lstms(num_layers=2, bidirectional=True, batch_first=True)
+    compiled = torch.compile(hand, fullgraph=True)  # fullgraph: a graph break is an error
+    x = torch.randn(4, 3, 3, dtype=torch.float64)
+    expected, got = run_and_backprop(reference, x), run_and_backprop(compiled, x)
+    for a, b in zip(expected[:3], got[:3]):
+        torch.testing.assert_close(b, a, **TOL)
+    got_grads = {name.removeprefix("_orig_mod."): grad for name, grad in got[3].items()}  # the wrapper's prefix
+    assert got_grads.keys() == expected[3].keys()
+    for name in expected[3]:
+        torch.testing.assert_close(got_grads[name], expected[3][name], **TOL, msg=f"gradient of {name}")

@@ -149,6 +149,10 @@ class RecurrentProducts:
     """
 
     def __init__(self, x_rows: Tensor, w_ih: Tensor, bias: Tensor | None, w_hh: Tensor, sizes: list[int]) -> None:
+        self._plain = torch.compiler.is_compiling()
+        if self._plain:  # traced by torch.compile, which differentiates and fuses plain ops itself
+            self._xw_t, self._w_hh_t = torch.nn.functional.linear(x_rows, w_ih, bias).split(sizes), w_hh.t()
+            return
         self._u = StepWeight(w_hh, max(sizes, default=0), len(sizes))
         grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x_rows, w_ih, bias, w_hh))
         # the h_{t-1} that U multiplies, for ∂L/∂U; detached: the projection's backward keeps
@@ -160,6 +164,8 @@ class RecurrentProducts:
         self._xw_t = split.split(sizes)  # W x_t + b, (sizes[t], G) for each t
 
     def step(self, t: int, h: Tensor) -> Tensor:
+        if self._plain:
+            return torch.addmm(self._xw_t[t], h, self._w_hh_t)  # W x_t + b + U h_{t-1}
         if self._inputs is not None:
             self._inputs.append(h.detach())
         if self._gate_grads is not None:
