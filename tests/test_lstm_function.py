@@ -72,13 +72,17 @@ def size_paths(request, monkeypatch):
     """Run a test down both sets of code paths whatever its tensors' sizes.
 
     Large inputs take other routes than small ones: float32 CPU products through oneDNN with the
-    recurrent weight reordered once, and tanh taken as 2σ(2x) − 1 from doubled g-gate rows.
+    recurrent weight reordered once, tanh(c_t) taken as 2σ(2x) − 1, and the gates written into
+    a lent buffer.
     """
     if request.param == "large_size_paths":
         monkeypatch.setattr(matmul, "ONEDNN_MIN_MACS", 0)
         # reordered weights from 7 steps on: the float32 tests (6 and 9 steps) take both branches
         monkeypatch.setattr(matmul, "MIN_STEPS_TO_REORDER", 7)
         monkeypatch.setattr(lstm_function, "_TANH_VIA_SIGMOID_MIN_ELEMENTS", 0)
+        # the gates in a lent buffer (as from 32 MB), written by oneDNN 3 rows at a time
+        monkeypatch.setattr(matmul, "FRESH_MAPPING_BYTES", 0)
+        monkeypatch.setattr(matmul, "ROWS_PER_CHUNK", 3)
     return request.param
 
 
@@ -263,6 +267,20 @@ def test_gradients_stay_valid_after_later_calls():
     kept = [g.clone() for g in grads_first]
     grads_second = grads_of(lstm_direction_manual(*second), second, upstream)
     assert_all_close(grads_first, kept)
+    assert_all_close(grads_second, grads_of(reference_direction(*second), second, upstream))
+
+
+def test_graphs_alive_at_once_keep_their_own_gates_buffers(monkeypatch):
+    """The gates go into a lent buffer (as they do from 32 MB): it stays lent while its graph
+    lives, so a second forward pass gets another one, and both backward passes stay right."""
+    monkeypatch.setattr(matmul, "FRESH_MAPPING_BYTES", 0)
+    first, second = make_inputs(3, 5, 4, 6, seed=17), make_inputs(3, 5, 4, 6, seed=18)
+    upstream = [torch.randn(3, 5, 6, dtype=F64), torch.randn(3, 6, dtype=F64), torch.randn(3, 6, dtype=F64)]
+    outputs_first, outputs_second = lstm_direction_manual(*first), lstm_direction_manual(*second)
+    assert outputs_first[0].grad_fn.lease.tensors[0].data_ptr() != outputs_second[0].grad_fn.lease.tensors[0].data_ptr()
+    grads_second = grads_of(outputs_second, second, upstream)  # the later graph first
+    grads_first = grads_of(outputs_first, first, upstream)
+    assert_all_close(grads_first, grads_of(reference_direction(*first), first, upstream))
     assert_all_close(grads_second, grads_of(reference_direction(*second), second, upstream))
 
 

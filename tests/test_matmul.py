@@ -18,6 +18,8 @@ def size_paths(request, monkeypatch):
             pytest.skip("torch without oneDNN")
         monkeypatch.setattr(matmul, "ONEDNN_MIN_MACS", 0)
         monkeypatch.setattr(matmul, "MIN_STEPS_TO_REORDER", 0)
+        monkeypatch.setattr(matmul, "FRESH_MAPPING_BYTES", 0)  # the projection into a reused buffer
+        monkeypatch.setattr(matmul, "ROWS_PER_CHUNK", 3)
     return request.param
 
 
@@ -28,6 +30,9 @@ def test_products_equal_torch_mm(size_paths):
     torch.testing.assert_close(matmul_t(a, w, bias), torch.addmm(bias, a, w.t()))
     torch.testing.assert_close(matmul_t(a, w.t().contiguous().t()), a @ w.t())  # w not contiguous
     torch.testing.assert_close(sum_of_outer_products(d_rows, a), d_rows.t() @ a)
+    out = torch.full((40, 56), float("nan"))
+    assert matmul_t(a, w, bias, out=out) is out  # every row written, in chunks of 3 on oneDNN's route
+    torch.testing.assert_close(out, torch.addmm(bias, a, w.t()))
 
 
 def test_step_weight_is_a_constant_with_gradients_for_h_and_the_added_term(size_paths):

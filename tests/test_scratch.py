@@ -4,7 +4,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from lstmlab.models.scratch import borrow, give_back, scratch
+from lstmlab.models.scratch import Lease, borrow, give_back, scratch
 
 
 def in_a_fresh_thread(fn):
@@ -43,3 +43,16 @@ def named_scratch():
     assert bigger.shape == (10, 10)
     other = scratch("test_other_name", (4, 4), like)
     assert other.data_ptr() != bigger.data_ptr()
+
+
+def test_a_lease_gives_its_buffers_back_when_freed():
+    in_a_fresh_thread(lease_and_free)
+
+
+def lease_and_free():
+    like = torch.empty(0)
+    lease = Lease(borrow((64, 8), like))
+    lent = lease.tensors[0].data_ptr()
+    assert borrow((64, 8), like).data_ptr() != lent  # still lent: another buffer
+    del lease
+    assert borrow((64, 8), like).data_ptr() == lent  # given back with the lease

@@ -44,8 +44,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .matmul import StepWeight, matmul_t, sum_of_outer_products
-from .scratch import scratch
+from .matmul import StepWeight, maps_afresh, matmul_t, sum_of_outer_products
+from .scratch import Lease, borrow, scratch
 from .variable_length import RunningRows
 
 __all__ = ["LSTMDirection", "lstm_direction_manual"]
@@ -88,7 +88,7 @@ class LSTMDirection(torch.autograd.Function):
         sizes, hidden = running.sizes, w_hh.shape[1]
         tanh_via_sigmoid = _tanh_via_sigmoid_pays(x_rows, max(sizes, default=0) * hidden)
         fw_ih, fw_hh, bias = _forward_weights(w_ih, w_hh, b_ih, b_hh)  # g rows doubled
-        gates = matmul_t(x_rows, fw_ih, bias)  # W_ih x_t + b for every row at once: (R, 4H)
+        gates = matmul_t(x_rows, fw_ih, bias, out=_gates_buffer(ctx, x_rows, fw_ih))  # W_ih x_t + b, every row: (R, 4H)
         h, c, tanh_c = (gates.new_empty(gates.shape[0], hidden) for _ in range(3))
         _run_forward(gates, h, c, tanh_c, h0, c0, fw_hh, running, tanh_via_sigmoid)
         h_last, c_last = _final_states(h, c, h0, c0, running)
@@ -120,6 +120,17 @@ class LSTMDirection(torch.autograd.Function):
 
 
 # ----------------------------------------------------------------------------------- forward
+
+
+def _gates_buffer(ctx, x_rows: Tensor, w_ih: Tensor) -> Tensor | None:
+    """A reused buffer for the (R, 4H) gates if a new one would be mapped afresh (see
+    :func:`~lstmlab.models.matmul.maps_afresh`), else None. The backward pass reads the gates,
+    so the buffer stays lent for as long as ctx (the graph node) lives."""
+    shape = (x_rows.shape[0], w_ih.shape[0])
+    if not maps_afresh(shape, x_rows):
+        return None
+    ctx.lease = Lease(borrow(shape, x_rows))
+    return ctx.lease.tensors[0]
 
 
 def _tanh_via_sigmoid_pays(x: Tensor, step_elements: int) -> bool:

@@ -20,6 +20,8 @@ Two things decide how fast a hand-written recurrent layer runs, and both are pro
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
@@ -58,11 +60,37 @@ def _onednn(a: Tensor, w: Tensor, bias: Tensor | None = None) -> Tensor:
     return _ONEDNN_LINEAR(a, w, bias, "none", [], "")
 
 
-def matmul_t(a: Tensor, w: Tensor, bias: Tensor | None = None) -> Tensor:
-    """a @ wᵀ (+ bias) for a (rows, k) and w (n, k), as a new (rows, n) tensor. No autograd."""
+ROWS_PER_CHUNK = 512  # oneDNN writing into a given buffer: this many rows per call
+
+
+def matmul_t(a: Tensor, w: Tensor, bias: Tensor | None = None, out: Tensor | None = None) -> Tensor:
+    """a @ wᵀ (+ bias) for a (rows, k) and w (n, k): a new (rows, n) tensor, or ``out``
+    (contiguous) with the product written into it. No autograd.
+
+    oneDNN's op only returns new tensors, so into ``out`` it goes in chunks of rows: each
+    chunk's result is small enough to come from memory the allocator reuses, and is copied.
+    """
     if use_onednn(a, a.shape[0], w.shape[1], w.shape[0]):
-        return _onednn(a.contiguous(), w.contiguous(), bias)
-    return torch.mm(a, w.t()) if bias is None else torch.addmm(bias, a, w.t())
+        a, w = a.contiguous(), w.contiguous()
+        if out is None:
+            return _onednn(a, w, bias)
+        w = _ONEDNN_REORDER_WEIGHT(w, ROWS_PER_CHUNK)  # once for all the chunks
+        for start in range(0, a.shape[0], ROWS_PER_CHUNK):
+            out[start : start + ROWS_PER_CHUNK].copy_(_onednn(a[start : start + ROWS_PER_CHUNK], w, bias))
+        return out
+    if out is None:
+        return torch.mm(a, w.t()) if bias is None else torch.addmm(bias, a, w.t())
+    return torch.mm(a, w.t(), out=out) if bias is None else torch.addmm(bias, a, w.t(), out=out)
+
+
+def maps_afresh(shape: tuple[int, ...], like: Tensor) -> bool:
+    """Whether a new CPU tensor of this shape would be memory the allocator maps afresh on every
+    call (glibc does so from 32 MB), paying a page fault per 4 KB each time: such a tensor is
+    better written into a buffer that is reused (:mod:`lstmlab.models.scratch`)."""
+    return like.device.type == "cpu" and math.prod(shape) * like.element_size() >= FRESH_MAPPING_BYTES
+
+
+FRESH_MAPPING_BYTES = 32 << 20
 
 
 def sum_of_outer_products(d_rows: Tensor, rows: Tensor) -> Tensor:
@@ -231,7 +259,10 @@ class _InputProjection(torch.autograd.Function):
         ctx.save_for_backward(x_rows, w_ih)
         ctx.h_inputs = h_inputs  # filled by RecurrentProducts.step as the loop runs
         ctx.gate_grads = gate_grads  # or None: the gradient then comes in as d_rows
-        return matmul_t(x_rows, w_ih, bias)
+        shape = (x_rows.shape[0], w_ih.shape[0])
+        # only the loop's forward steps read the projection (none saves it): a reused buffer will do
+        out = scratch("projection", shape, x_rows) if maps_afresh(shape, x_rows) else None
+        return matmul_t(x_rows, w_ih, bias, out=out)
 
     @staticmethod
     @once_differentiable

@@ -1,10 +1,12 @@
-"""Buffers reused from call to call for the large temporaries of the backward passes.
+"""Buffers reused from call to call for the large temporaries of the forward and backward passes.
 
 Fresh memory costs a page fault per 4 KB page on first touch, and glibc hands allocations over
 32 MB straight back to the system, so a temporary the size of a whole sequence would pay its
 page faults again on every call (for ∂L/∂a at B=64, T=200, H=256: about a tenth of the whole
 step). Buffers here are kept per thread, on the CPU only (elsewhere a plain new tensor), and
-nothing a backward pass returns may be a view of one.
+nothing a forward or backward pass returns may be a view of one. Three kinds of use:
+:func:`scratch` for a value used and dropped within one call, :func:`borrow` / :func:`give_back`
+for one that outlives it, and :class:`Lease` for one kept for as long as a graph node lives.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import torch
 from torch import Tensor
 
 MAX_BYTES = 256 << 20  # larger temporaries are not kept
-MAX_LENT = 4  # buffers kept for :func:`borrow` per thread (a 2-layer bidirectional LSTM lends 4 at once)
+# buffers kept for :func:`borrow` per thread: in training a bidirectional layer has 4 gates
+# buffers out (the last batch's graph is still alive while the next forward pass runs)
+MAX_LENT = 8
 _local = threading.local()
 
 
@@ -55,3 +59,18 @@ def give_back(tensor: Tensor) -> None:
     free = _local.__dict__.setdefault("free", [])
     if whole.is_contiguous() and _keeps(whole.numel(), whole) and len(free) < MAX_LENT:
         free.append(whole.view(-1))
+
+
+class Lease:
+    """Tensors from :func:`borrow`, given back when this object is freed: kept on an autograd
+    Function's ctx, they stay lent for as long as its graph node lives, backward or not."""
+
+    def __init__(self, *tensors: Tensor) -> None:
+        self.tensors = tensors
+
+    def __del__(self) -> None:
+        try:
+            for tensor in self.tensors:
+                give_back(tensor)
+        except Exception:  # at interpreter exit the module may already be gone
+            pass
