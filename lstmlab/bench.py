@@ -6,7 +6,7 @@ Every model gets the same input and, for the LSTMs, the same weights (nn.LSTM's 
 loaded into HandLSTM). Each row is the best of ``--repeat`` timed rounds after warm-up, the
 models of a case timed in turn in every round. Cases of at most COMPILE_MAX_STEPS steps also
 time HandLSTM (autograd) under ``torch.compile``, which fuses each step's elementwise gate math
-and its derivative into one kernel (its compile time is printed below the table).
+and its derivative into a few C++ kernels (its compile time is printed below the table).
 GFLOP/s counts the matmuls only: 2·B·T·G·H·(I+H) forward (G = 4 gates for an LSTM, 1 for
 the RNN), ×3 for forward and backward, ×2 when bidirectional. Prints markdown tables.
 """

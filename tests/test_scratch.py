@@ -4,7 +4,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from lstmlab.models.scratch import Lease, borrow, give_back, scratch
+from lstmlab.models.scratch import MAX_LENT, Lease, borrow, give_back, scratch
 
 
 def in_a_fresh_thread(fn):
@@ -43,6 +43,25 @@ def named_scratch():
     assert bigger.shape == (10, 10)
     other = scratch("test_other_name", (4, 4), like)
     assert other.data_ptr() != bigger.data_ptr()
+
+
+def test_borrowing_finds_the_buffer_again_for_a_slightly_larger_batch_and_keeps_the_largest():
+    in_a_fresh_thread(sizes_that_vary)
+
+
+def sizes_that_vary():
+    like = torch.empty(0)
+    first = borrow((100, 8), like)
+    address = first.data_ptr()
+    give_back(first)
+    again = borrow((110, 8), like)  # 10% more rows (sequence lengths vary): the same memory
+    assert again.data_ptr() == address
+    give_back(again)
+    small = [borrow((4, 8), like) for _ in range(MAX_LENT)]
+    for buffer in small:
+        give_back(buffer)  # more than MAX_LENT given back: the smallest are dropped, not the large one
+    assert borrow((100, 8), like).data_ptr() == address
+    assert borrow((2, 8), like).data_ptr() in {b.data_ptr() for b in small}  # the smallest that fits
 
 
 def test_a_lease_gives_its_buffers_back_when_freed():

@@ -34,8 +34,8 @@ How it is organised:
   goes into c_t without forming g_t.
 * Speed on CPU: large float32 products go through oneDNN (see :mod:`lstmlab.models.matmul`); for
   large tensors tanh(c_t) is also taken as 2σ(2x) − 1, σ being several times cheaper than tanh
-  in ATen; and the backward pass's large temporaries reuse per-thread buffers
-  (:mod:`lstmlab.models.scratch`).
+  in ATen; and the large buffers (the gates once they reach 32 MB, the backward pass's
+  temporaries) are reused from call to call (:mod:`lstmlab.models.scratch`).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The matrix products of the recurrent loops, made fast without hiding the equations.
 
-Two things decide how fast a hand-written recurrent layer runs, and both are products:
+Three things decide how fast a hand-written recurrent layer runs, all about its products:
 
 * **Which GEMM.** On the CPU torch.mm calls MKL, whose float32 GEMM takes its AVX2 path on AMD
   processors; nn.LSTM runs oneDNN's kernels (AVX-512 where the CPU has it), 2-3× faster for a
@@ -16,6 +16,13 @@ Two things decide how fast a hand-written recurrent layer runs, and both are pro
   :class:`RecurrentProducts` multiplies by U detached at each step (autograd then only takes
   ∂L/∂h_{t-1}) and lets the input projection's backward, which receives ∂L/∂a_t for all steps
   at once, take ∂L/∂U as one product over all the rows of the sequence, just as it takes ∂L/∂W.
+* **Where a large result lands.** The input projection of a whole sequence can be tens of MB;
+  a new tensor that size is memory glibc maps afresh on every call, a page fault per 4 KB
+  (~12 ms of a ~140 ms step at the IMDB size). ``matmul_t(..., out=)`` writes it into a buffer
+  that is reused instead (:func:`maps_afresh` says when).
+
+Under ``torch.compile`` :class:`RecurrentProducts` is plain ops instead: the compiler then
+differentiates the loop itself and fuses each step's elementwise work.
 """
 
 from __future__ import annotations
@@ -61,6 +68,7 @@ def _onednn(a: Tensor, w: Tensor, bias: Tensor | None = None) -> Tensor:
 
 
 ROWS_PER_CHUNK = 512  # oneDNN writing into a given buffer: this many rows per call
+FRESH_MAPPING_BYTES = 32 << 20  # glibc maps allocations from this size afresh on every call
 
 
 def matmul_t(a: Tensor, w: Tensor, bias: Tensor | None = None, out: Tensor | None = None) -> Tensor:
@@ -89,8 +97,6 @@ def maps_afresh(shape: tuple[int, ...], like: Tensor) -> bool:
     better written into a buffer that is reused (:mod:`lstmlab.models.scratch`)."""
     return like.device.type == "cpu" and math.prod(shape) * like.element_size() >= FRESH_MAPPING_BYTES
 
-
-FRESH_MAPPING_BYTES = 32 << 20
 
 
 def sum_of_outer_products(d_rows: Tensor, rows: Tensor) -> Tensor:

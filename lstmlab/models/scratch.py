@@ -43,22 +43,32 @@ def scratch(name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
 
 def borrow(shape: tuple[int, ...], like: Tensor) -> Tensor:
     """An uninitialised tensor that is the caller's alone until :func:`give_back`; for a value
-    that outlives one call (several may be out at once)."""
+    that outlives one call (several may be out at once).
+
+    It is cut from the smallest kept buffer it fits in, or from a new one an eighth larger than
+    asked, so that batches of slightly different sizes (sequence lengths vary) find it again."""
     numel = math.prod(shape)
-    if _keeps(numel, like):
-        free = _local.__dict__.setdefault("free", [])
-        for k, buffer in enumerate(free):
-            if buffer.dtype == like.dtype and buffer.numel() >= numel:
-                return free.pop(k)[:numel].view(shape)
-    return like.new_empty(shape)
+    if not _keeps(numel, like):
+        return like.new_empty(shape)
+    free = _local.__dict__.setdefault("free", [])
+    fits = [k for k, buffer in enumerate(free) if buffer.dtype == like.dtype and buffer.numel() >= numel]
+    if fits:
+        buffer = free.pop(min(fits, key=lambda k: free[k].numel()))
+    else:
+        buffer = like.new_empty(numel + numel // 8)
+    return buffer[:numel].view(shape)
 
 
 def give_back(tensor: Tensor) -> None:
-    """Return a tensor from :func:`borrow` (it must no longer be used)."""
+    """Return a tensor from :func:`borrow` (it must no longer be used). At most MAX_LENT buffers
+    are kept, the largest."""
     whole = tensor if tensor._base is None else tensor._base  # the flat buffer it was cut from
+    if not (whole.is_contiguous() and _keeps(whole.numel(), whole)):
+        return
     free = _local.__dict__.setdefault("free", [])
-    if whole.is_contiguous() and _keeps(whole.numel(), whole) and len(free) < MAX_LENT:
-        free.append(whole.view(-1))
+    free.append(whole.view(-1))
+    if len(free) > MAX_LENT:
+        free.pop(min(range(len(free)), key=lambda k: free[k].numel()))
 
 
 class Lease:
