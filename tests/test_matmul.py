@@ -30,6 +30,7 @@ def test_products_equal_torch_mm(size_paths):
     torch.testing.assert_close(matmul_t(a, w, bias), torch.addmm(bias, a, w.t()))
     torch.testing.assert_close(matmul_t(a, w.t().contiguous().t()), a @ w.t())  # w not contiguous
     torch.testing.assert_close(sum_of_outer_products(d_rows, a), d_rows.t() @ a)
+    torch.testing.assert_close(sum_of_outer_products(d_rows, [a[:16], a[16:]]), d_rows.t() @ a)  # as blocks
     out = torch.full((40, 56), float("nan"))
     assert matmul_t(a, w, bias, out=out) is out  # every row written, in chunks of 3 on oneDNN's route
     torch.testing.assert_close(out, torch.addmm(bias, a, w.t()))

@@ -102,7 +102,7 @@ class LSTMDirection(torch.autograd.Function):
         x_rows, w_ih, w_hh, h0, c0, acts, c, tanh_c, h = ctx.saved_tensors
         need_x, need_h0, need_c0, need_w_ih, need_w_hh, need_b_ih, need_b_hh, _ = ctx.needs_input_grad
         running = ctx.running
-        previous = scratch("previous", c.shape, c)  # c_{t-1} for each row, later h_{t-1}
+        previous = scratch("previous", c.shape, c)  # c_{t-1} for each row
         d_gates, dh_dc, forget = _local_derivatives(acts, running.previous(c0, c, out=previous), tanh_c)
         d_out = running.per_step_of_padded(d_out)  # ∂L/∂out_t, (n_t, H) each
         d_h0, d_c0 = _run_backward(d_gates, dh_dc, forget, d_out, d_h_last, d_c_last, w_hh, running, need_h0)
@@ -111,8 +111,7 @@ class LSTMDirection(torch.autograd.Function):
         d_x = running.padded(matmul_t(d_rows, w_ih.t())) if need_x else None  # ∂L/∂x_t = ∂L/∂a_t W_ih
         # ∂L/∂W_ih = Σ_t ∂L/∂a_tᵀ x_t,  ∂L/∂W_hh = Σ_t ∂L/∂a_tᵀ h_{t-1},  ∂L/∂b_ih = ∂L/∂b_hh = Σ_t ∂L/∂a_t
         d_w_ih = sum_of_outer_products(d_rows, x_rows) if need_w_ih else None
-        h_prev = running.previous(h0, h, out=previous) if need_w_hh else None
-        d_w_hh = sum_of_outer_products(d_rows, h_prev) if need_w_hh else None
+        d_w_hh = sum_of_outer_products(d_rows, running.previous_blocks(h0, h)) if need_w_hh else None
         d_bias = d_rows.sum(0) if need_b_ih or need_b_hh else None
         d_b_ih = d_bias if need_b_ih else None
         d_b_hh = d_bias if need_b_hh else None

@@ -99,15 +99,19 @@ def maps_afresh(shape: tuple[int, ...], like: Tensor) -> bool:
 
 
 
-def sum_of_outer_products(d_rows: Tensor, rows: Tensor) -> Tensor:
+def sum_of_outer_products(d_rows: Tensor, rows: Tensor | list[Tensor]) -> Tensor:
     """Σ_r d_rows[r]ᵀ rows[r], (n, k) from d_rows (R, n) and rows (R, k): a weight's gradient.
+    ``rows`` may also be given as its blocks of rows, in order (they are joined only here).
 
     Taken as (rowsᵀ d_rows)ᵀ, which both oneDNN and MKL do faster for these shapes. oneDNN wants
-    rowsᵀ contiguous: it is copied into a reused scratch buffer (used only within this call).
+    rowsᵀ contiguous: the blocks are copied into a reused scratch buffer, transposed, in one pass.
     """
-    if use_onednn(rows, rows.shape[1], rows.shape[0], d_rows.shape[1]):
-        rows_t = scratch("rows_t", (rows.shape[1], rows.shape[0]), rows).copy_(rows.t())
+    blocks = [rows] if isinstance(rows, Tensor) else rows
+    total, k = sum(block.shape[0] for block in blocks), blocks[0].shape[1]
+    if use_onednn(blocks[0], k, total, d_rows.shape[1]):
+        rows_t = torch.cat([block.t() for block in blocks], dim=1, out=scratch("rows_t", (k, total), blocks[0]))
         return _onednn(rows_t, d_rows.t()).t()
+    rows = blocks[0] if len(blocks) == 1 else torch.cat(blocks)
     return rows.t().mm(d_rows).t()
 
 
@@ -123,9 +127,8 @@ class StepWeight:
         self._source, self._batch, self._steps = w, batch, steps
         self.onednn = use_onednn(w, batch, w.shape[1], w.shape[0])
         self._transposed = None
-        if self.onednn:
-            w = w.contiguous()
-            self.w = _ONEDNN_REORDER_WEIGHT(w, batch) if steps >= MIN_STEPS_TO_REORDER else w
+        if self.onednn:  # the reorder reads w as it is laid out (a transposed view needs no copy first)
+            self.w = _ONEDNN_REORDER_WEIGHT(w, batch) if steps >= MIN_STEPS_TO_REORDER else w.contiguous()
         else:
             self.w = w.t()  # a view: torch.mm takes it as is
 
@@ -284,7 +287,7 @@ class _InputProjection(torch.autograd.Function):
         d_w_ih = sum_of_outer_products(d_rows, x_rows) if need_w_ih else None  # Σ_t ∂L/∂a_tᵀ x_t
         d_bias = d_rows.sum(0) if need_bias else None  # Σ_t ∂L/∂a_t
         d_w_hh = None
-        if need_w_hh:
+        if need_w_hh:  # one block per step: joined first (a transposed join of T small blocks is slower)
             h_rows = torch.cat(ctx.h_inputs, out=scratch("h_inputs", (d_rows.shape[0], ctx.h_inputs[0].shape[1]), d_rows))
             d_w_hh = sum_of_outer_products(d_rows, h_rows)  # Σ_t ∂L/∂a_tᵀ h_{t-1}
         if lent is not None:

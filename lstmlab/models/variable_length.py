@@ -87,12 +87,15 @@ class RunningRows:
 
     def previous(self, first: Tensor, rows: Tensor, out: Tensor | None = None) -> Tensor:
         """(R, ...): for each row of step t, the same sequence's row at step t − 1 (``first``'s at t = 0)."""
-        if self._lengths is None:
-            pieces = [first, rows[: -self.batch]]
-        else:
-            steps = rows.split_with_sizes(self.sizes)
-            pieces = [first[: self.sizes[0]], *(steps[t - 1][:n] for t, n in enumerate(self.sizes) if t > 0)]
+        pieces = self.previous_blocks(first, rows)
         return torch.cat(pieces) if out is None else torch.cat(pieces, out=out)
+
+    def previous_blocks(self, first: Tensor, rows: Tensor) -> list[Tensor]:
+        """:meth:`previous` as views, block after block, not yet joined."""
+        if self._lengths is None:
+            return [first, rows[: -self.batch]]
+        steps = rows.split_with_sizes(self.sizes)
+        return [first[: self.sizes[0]], *(steps[t - 1][:n] for t, n in enumerate(self.sizes) if t > 0)]
 
     def last_rows(self) -> tuple[Tensor, Tensor] | None:
         """(sequences, their last rows): for each sequence that ran at all, which of the R rows
