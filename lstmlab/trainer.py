@@ -122,6 +122,7 @@ class Trainer:
         monitor, mode = self.monitor_of(task)
         net.to(self.device)
         run = self.runner(net)
+        self._warned_of_lengths = False
         optimizer = self.make_optimizer(net.parameters())
         generator = torch.Generator().manual_seed(self.seed)
         steps_per_epoch = task.num_train_batches(self.batch_size)
@@ -178,6 +179,10 @@ class Trainer:
         total, steps = 0.0, 0
         for batch in task.train_batches(self.batch_size, self.shuffle, generator):
             inputs, lengths = self._to_device(batch)
+            if run is not net and lengths is not None and not self._warned_of_lengths:
+                self._warned_of_lengths = True
+                log.warning("trainer.compile=true: this task's batches have lengths, so torch.compile "
+                            "compiles anew for every new shape; it pays for fixed-length tasks (adder, sin_cos)")
             loss = task.loss(run(inputs, lengths), Batch(inputs, batch.targets.to(self.device), lengths))
             value = loss.item()
             if not math.isfinite(value):
