@@ -64,6 +64,22 @@ def sizes_that_vary():
     assert borrow((2, 8), like).data_ptr() in {b.data_ptr() for b in small}  # the smallest that fits
 
 
+def test_kept_buffers_stay_under_the_memory_cap(monkeypatch):
+    from lstmlab.models import scratch as module
+
+    monkeypatch.setattr(module, "MAX_KEPT_BYTES", 3 * 100 * 4)  # three 100-float buffers
+    in_a_fresh_thread(lambda: lend_more_than_the_cap(module))
+
+
+def lend_more_than_the_cap(module):
+    like = torch.empty(0)
+    lent = [borrow((80,), like) for _ in range(4)]  # 90 floats each, with the eighth of headroom
+    for buffer in lent:
+        give_back(buffer)
+    kept = module._local.free
+    assert len(kept) == 3 and sum(b.numel() for b in kept) <= 300
+
+
 def test_a_lease_gives_its_buffers_back_when_freed():
     in_a_fresh_thread(lease_and_free)
 

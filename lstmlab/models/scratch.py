@@ -21,6 +21,7 @@ MAX_BYTES = 256 << 20  # larger temporaries are not kept
 # buffers kept for :func:`borrow` per thread: in training a bidirectional layer has 4 gates
 # buffers out (the last batch's graph is still alive while the next forward pass runs)
 MAX_LENT = 8
+MAX_KEPT_BYTES = 1 << 30  # and at most this much memory in them
 _local = threading.local()
 
 
@@ -60,14 +61,14 @@ def borrow(shape: tuple[int, ...], like: Tensor) -> Tensor:
 
 
 def give_back(tensor: Tensor) -> None:
-    """Return a tensor from :func:`borrow` (it must no longer be used). At most MAX_LENT buffers
-    are kept, the largest."""
+    """Return a tensor from :func:`borrow` (it must no longer be used). The largest buffers are
+    kept, at most MAX_LENT of them and MAX_KEPT_BYTES in all."""
     whole = tensor if tensor._base is None else tensor._base  # the flat buffer it was cut from
     if not (whole.is_contiguous() and _keeps(whole.numel(), whole)):
         return
     free = _local.__dict__.setdefault("free", [])
     free.append(whole.view(-1))
-    if len(free) > MAX_LENT:
+    while len(free) > MAX_LENT or sum(b.numel() * b.element_size() for b in free) > MAX_KEPT_BYTES:
         free.pop(min(range(len(free)), key=lambda k: free[k].numel()))
 
 
