@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+HAS_CPP_COMPILER = any(shutil.which(c) for c in ("g++", "c++", "clang++"))  # torch.compile's CPU backend needs one
 LAB = Path(sys.executable).with_name("lstmlab")
 TINY_ADDER = ["task.train_size=600", "task.test_size=200", "task.eval_size=200", "model.hidden_size=8",
               "trainer.max_epochs=2", "trainer.progress=false", "trainer.num_threads=1"]

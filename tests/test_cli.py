@@ -1,12 +1,10 @@
 """The real `lstmlab` command, end to end: what a user types and what a run leaves behind."""
 
-import shutil
-
 import pandas as pd
 import pytest
 import torch
 
-from conftest import TINY_ADDER, run_lab
+from conftest import HAS_CPP_COMPILER, TINY_ADDER, run_lab
 
 
 def test_adder_run_writes_metrics_result_and_model(lab):
@@ -27,7 +25,7 @@ def test_adder_run_writes_metrics_result_and_model(lab):
     assert "rnn.weight_ih_l0" in state
 
 
-@pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "c++", "clang++")), reason="torch.compile needs a C++ compiler")
+@pytest.mark.skipif(not HAS_CPP_COMPILER, reason="torch.compile needs a C++ compiler")
 def test_compiled_run_trains_and_saves_the_plain_model(lab):
     proc = lab("task=adder", "model=hand_lstm", *TINY_ADDER, "trainer.max_epochs=1", "task.eval_bits=[16]",
                "trainer.compile=true")

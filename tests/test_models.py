@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from conftest import HAS_CPP_COMPILER
 from lstmlab.models import HandLSTM, SequenceModel
 from lstmlab.models.variable_length import RunningRows
 
@@ -260,13 +261,7 @@ class _DoubleNet(torch.nn.Module):
         return self.net(inputs.double(), lengths).float()
 
 
-def has_cpp_compiler() -> bool:
-    import shutil
-
-    return any(shutil.which(c) for c in ("g++", "c++", "clang++"))
-
-
-@pytest.mark.skipif(not has_cpp_compiler(), reason="torch.compile needs a C++ compiler on the CPU")
+@pytest.mark.skipif(not HAS_CPP_COMPILER, reason="torch.compile needs a C++ compiler on the CPU")
 def test_hand_lstm_under_torch_compile_matches_torch_in_one_graph():
     """torch.compile traces the autograd loop into one graph (no graph break) and fuses it; the
     outputs, final states and gradients stay nn.LSTM's."""
