@@ -109,7 +109,10 @@ def sum_of_outer_products(d_rows: Tensor, rows: Tensor | list[Tensor]) -> Tensor
     blocks = [rows] if isinstance(rows, Tensor) else rows
     total, k = sum(block.shape[0] for block in blocks), blocks[0].shape[1]
     if use_onednn(blocks[0], k, total, d_rows.shape[1]):
-        rows_t = torch.cat([block.t() for block in blocks], dim=1, out=scratch("rows_t", (k, total), blocks[0]))
+        rows_t, start = scratch("rows_t", (k, total), blocks[0]), 0
+        for block in blocks:
+            rows_t[:, start : start + block.shape[0]].copy_(block.t())
+            start += block.shape[0]
         return _onednn(rows_t, d_rows.t()).t()
     rows = blocks[0] if len(blocks) == 1 else torch.cat(blocks)
     return rows.t().mm(d_rows).t()
