@@ -4,6 +4,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+from lstmlab.models import scratch as scratch_module
 from lstmlab.models.scratch import MAX_LENT, Lease, borrow, give_back, scratch
 
 
@@ -65,18 +66,16 @@ def sizes_that_vary():
 
 
 def test_kept_buffers_stay_under_the_memory_cap(monkeypatch):
-    from lstmlab.models import scratch as module
-
-    monkeypatch.setattr(module, "MAX_KEPT_BYTES", 3 * 100 * 4)  # three 100-float buffers
-    in_a_fresh_thread(lambda: lend_more_than_the_cap(module))
+    monkeypatch.setattr(scratch_module, "MAX_KEPT_BYTES", 3 * 100 * 4)  # three 100-float buffers
+    in_a_fresh_thread(lend_more_than_the_cap)
 
 
-def lend_more_than_the_cap(module):
+def lend_more_than_the_cap():
     like = torch.empty(0)
     lent = [borrow((80,), like) for _ in range(4)]  # 90 floats each, with the eighth of headroom
     for buffer in lent:
         give_back(buffer)
-    kept = module._local.free
+    kept = scratch_module._local.free
     assert len(kept) == 3 and sum(b.numel() for b in kept) <= 300
 
 
