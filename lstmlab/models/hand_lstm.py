@@ -56,6 +56,7 @@ class HandLSTM(StackedRecurrent):
 
     ``backward="autograd"`` lets autograd differentiate the loop; ``backward="manual"`` uses
     the hand-derived backward pass through time in :mod:`lstmlab.models.lstm_function`.
+    Under ``torch.compile`` the autograd loop traces as one graph (fixed-length batches).
     """
 
     gates = 4  # i, f, g, o
