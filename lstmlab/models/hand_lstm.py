@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .lstm_function import lstm_direction_manual, with_g_rows_doubled
+from .lstm_function import forward_weights, lstm_direction_manual
 from .matmul import RecurrentProducts
 from .stacked import StackedRecurrent
 from .variable_length import RunningRows, drop_ended, final_state
@@ -34,8 +34,7 @@ def lstm_direction(x, h, c, w_ih, w_hh, b_ih, b_hh, lengths=None):
     """
     hidden = h.shape[1]
     running = RunningRows.of(x, lengths)  # step t runs the first n_t rows
-    bias = None if b_ih is None else b_ih + b_hh
-    w_ih, w_hh, bias = (None if t is None else with_g_rows_doubled(t) for t in (w_ih, w_hh, bias))
+    w_ih, w_hh, bias = forward_weights(w_ih, w_hh, b_ih, b_hh)  # b = b_ih + b_hh; g rows doubled
     # W x_t + b for every step in one product, on rows laid out step after step: no x[:, t]
     # slices, whose backward writes a zero gradient the size of the whole sequence per step
     products = RecurrentProducts(running.rows(x), w_ih, bias, w_hh, running.sizes)

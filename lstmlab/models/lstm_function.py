@@ -87,7 +87,7 @@ class LSTMDirection(torch.autograd.Function):
         x_rows = running.rows(x)  # (R, I), step after step
         sizes, hidden = running.sizes, w_hh.shape[1]
         tanh_via_sigmoid = _tanh_via_sigmoid_pays(x_rows, max(sizes, default=0) * hidden)
-        fw_ih, fw_hh, bias = _forward_weights(w_ih, w_hh, b_ih, b_hh)  # g rows doubled
+        fw_ih, fw_hh, bias = forward_weights(w_ih, w_hh, b_ih, b_hh)  # g rows doubled
         gates = matmul_t(x_rows, fw_ih, bias, out=_gates_buffer(ctx, x_rows, fw_ih))  # W_ih x_t + b, every row: (R, 4H)
         h, c, tanh_c = (gates.new_empty(gates.shape[0], hidden) for _ in range(3))
         _run_forward(gates, h, c, tanh_c, h0, c0, fw_hh, running, tanh_via_sigmoid)
@@ -137,12 +137,12 @@ def _tanh_via_sigmoid_pays(x: Tensor, step_elements: int) -> bool:
     return x.device.type == "cpu" and step_elements >= _TANH_VIA_SIGMOID_MIN_ELEMENTS
 
 
-def _forward_weights(w_ih, w_hh, b_ih, b_hh):
-    """(W_ih, W_hh, b_ih + b_hh) as the forward pass uses them: copies whose g rows are doubled,
-    so that the pre-activations hold 2a_g and one σ call over all four gates gives σ(2a_g),
-    from which g_t = tanh(a_g) = 2σ(2a_g) − 1."""
+def forward_weights(w_ih, w_hh, b_ih, b_hh):
+    """(W_ih, W_hh, b_ih + b_hh) as both forward passes (this one and the autograd loop's) use
+    them, differentiably: copies whose g rows are doubled, so that the pre-activations hold 2a_g
+    and one σ call over all four gates gives σ(2a_g), from which g_t = tanh(a_g) = 2σ(2a_g) − 1."""
     bias = _combined_bias(b_ih, b_hh)
-    return tuple(None if t is None else with_g_rows_doubled(t) for t in (w_ih, w_hh, bias))
+    return tuple(None if t is None else _with_g_rows_doubled(t) for t in (w_ih, w_hh, bias))
 
 
 def _combined_bias(b_ih: Tensor | None, b_hh: Tensor | None) -> Tensor | None:
@@ -155,17 +155,18 @@ def _combined_bias(b_ih: Tensor | None, b_hh: Tensor | None) -> Tensor | None:
 _G_ROW_SCALES: dict[tuple, Tensor] = {}  # (rows, dims, dtype, device) -> 1 on rows i, f, o; 2 on rows g
 
 
-def with_g_rows_doubled(t: Tensor) -> Tensor:
+def _with_g_rows_doubled(t: Tensor) -> Tensor:
     """A copy of a weight (4H, ·) or bias (4H,) with the rows of gate g (the third quarter)
     doubled, so that a σ over all four gates' pre-activations gives σ(2a_g) in the g slot.
     One multiplication: under autograd, its gradient is the upstream one with those rows doubled."""
     key = (t.shape[0], t.dim(), t.dtype, t.device)
-    scale = None if torch.compiler.is_compiling() else _G_ROW_SCALES.get(key)
+    cached = not torch.compiler.is_compiling()  # a traced graph makes its own
+    scale = _G_ROW_SCALES.get(key) if cached else None
     if scale is None:
         hidden = t.shape[0] // 4
         scale = torch.ones(t.shape[0], *[1] * (t.dim() - 1), dtype=t.dtype, device=t.device)
         scale[2 * hidden : 3 * hidden] = 2
-        if not torch.compiler.is_compiling():
+        if cached:
             scale = _G_ROW_SCALES.setdefault(key, scale)
     return t * scale
 
@@ -175,7 +176,7 @@ def _run_forward(gates, h, c, tanh_c, h0, c0, w_hh, running, tanh_via_sigmoid: b
     (i_t, f_t, σ(2a_g), o_t) per row.
 
     Fills the (R, H) buffers h (h_t), c (c_t) and tanh_c (tanh(c_t)) in place. One σ call covers
-    the whole row of gates: the g rows of gates and w_hh are doubled (see _forward_weights), so
+    the whole row of gates: the g rows of gates and w_hh are doubled (see forward_weights), so
     the g slot gets σ(2a_g), and i_t ⊙ g_t = i_t ⊙ (2σ(2a_g) − 1) goes into c_t without g_t
     ever being formed (the backward pass forms it for all rows at once). With tanh_via_sigmoid
     tanh(c_t) is taken the same way, as 2σ(2c_t) − 1: on CPU ATen's σ costs several times less
