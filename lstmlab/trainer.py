@@ -140,7 +140,7 @@ class Trainer:
                 train_loss, step = self._train_epoch(net, run, task, optimizer, generator, bar, epoch, step)
                 row = {"epoch": epoch, "step": step, "seconds": 0.0, "train_loss": train_loss}
                 if epoch % self.eval_every == 0 or epoch == self.max_epochs:
-                    row.update(task.evaluate(self.predictor(net, run)))
+                    row.update(self.evaluate(net, task, run))
                 row["seconds"] = round(time.perf_counter() - begin, 4)
                 result.epochs, result.metrics = epoch, row
                 value = row.get(monitor)
@@ -207,8 +207,8 @@ class Trainer:
         lengths = None if batch.lengths is None else batch.lengths.to(self.device)
         return batch.inputs.to(self.device, non_blocking=True), lengths
 
-    def evaluate(self, net: nn.Module, task: Task) -> dict[str, float]:
-        return task.evaluate(self.predictor(net))
+    def evaluate(self, net: nn.Module, task: Task, run: nn.Module | None = None) -> dict[str, float]:
+        return task.evaluate(self.predictor(net, run))
 
     def predictor(self, net: nn.Module, run: nn.Module | None = None) -> Predict:
         """The task-facing view of the network: a batch -> its outputs on the CPU, eval mode, no
