@@ -72,8 +72,8 @@ def size_paths(request, monkeypatch):
     """Run a test down both sets of code paths whatever its tensors' sizes.
 
     Large inputs take other routes than small ones: float32 CPU products through oneDNN with the
-    recurrent weight reordered once, tanh(c_t) taken as 2σ(2x) − 1, and the gates written into
-    a lent buffer.
+    recurrent weight reordered once, tanh(c_t) taken as 2σ(2x) − 1, the gates written into a
+    lent buffer, and the input projection taken a block of steps at a time.
     """
     if request.param == "large_size_paths":
         monkeypatch.setattr(matmul, "ONEDNN_MIN_MACS", 0)
@@ -83,6 +83,8 @@ def size_paths(request, monkeypatch):
         # the gates in a lent buffer (as from 32 MB), written by oneDNN 3 rows at a time
         monkeypatch.setattr(matmul, "FRESH_MAPPING_BYTES", 0)
         monkeypatch.setattr(matmul, "ROWS_PER_CHUNK", 3)
+        # the input projection a few steps at a time (2 at B=4, H=6 in float64)
+        monkeypatch.setattr(matmul, "PROJECTION_BLOCK_BYTES", 2000)
     return request.param
 
 

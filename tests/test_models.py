@@ -163,7 +163,7 @@ def test_running_rows_follow_the_lengths_step_by_step():
     assert torch.equal(padded[:3, :3], x[:3, :3]) and not padded[1:, 3:].any() and not padded[3].any()
     sequences, last = running.last_rows()
     assert sequences.tolist() == [0, 1, 2] and rows[last, 0].tolist() == [4, 7, 12]
-    assert running.previous(-torch.ones(4, 1), rows)[:, 0].tolist() == [-1, -1, -1, 0, 5, 10, 1, 6, 11, 2, 3]
+    assert running.previous(torch.cat([-torch.ones(4, 1), rows]))[:, 0].tolist() == [-1, -1, -1, 0, 5, 10, 1, 6, 11, 2, 3]
 
 
 @pytest.mark.parametrize(

@@ -28,10 +28,14 @@ How it is organised:
 * Walking back, the rows of the sequences that ended at step t join in there, carrying the
   gradients of their final states ∂L/∂h_T, ∂L/∂c_T.
 * The weight, bias and input gradients are sums over all steps, so they are taken once at the
-  end as single matrix products over the R rows of ∂L/∂a.
+  end as single matrix products over the R rows of ∂L/∂a. The buffers of h_t and c_t start
+  with h_0 and c_0, so that when every sequence runs every step the h_{t-1} and c_{t-1} of
+  all rows are one block of them rather than pieces to be joined.
 * Few calls per step, since at small sizes each call's fixed cost is what a step costs: one σ
   call gives all four gates (g_t = tanh(a_g) = 2σ(2a_g) − 1 from doubled g rows), and i_t ⊙ g_t
   goes into c_t without forming g_t.
+* W_ih x_t + b is taken a block of steps at a time, just ahead of the steps that read it
+  (:class:`~lstmlab.models.matmul.ProjectionAhead`), while it is still in cache.
 * Speed on CPU: large float32 products go through oneDNN (see :mod:`lstmlab.models.matmul`); for
   large tensors tanh(c_t) is also taken as 2σ(2x) − 1, σ being several times cheaper than tanh
   in ATen; and the large buffers (the gates once they reach 32 MB, the backward pass's
@@ -44,7 +48,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .matmul import StepWeight, maps_afresh, matmul_t, sum_of_outer_products
+from .matmul import ProjectionAhead, StepWeight, maps_afresh, matmul_t, sum_of_outer_products
 from .scratch import Lease, borrow, scratch
 from .variable_length import RunningRows
 
@@ -88,22 +92,26 @@ class LSTMDirection(torch.autograd.Function):
         sizes, hidden = running.sizes, w_hh.shape[1]
         tanh_via_sigmoid = _tanh_via_sigmoid_pays(x_rows, max(sizes, default=0) * hidden)
         fw_ih, fw_hh, bias = forward_weights(w_ih, w_hh, b_ih, b_hh)  # g rows doubled
-        gates = matmul_t(x_rows, fw_ih, bias, out=_gates_buffer(ctx, x_rows, fw_ih))  # W_ih x_t + b, every row: (R, 4H)
-        h, c, tanh_c = (gates.new_empty(gates.shape[0], hidden) for _ in range(3))
-        _run_forward(gates, h, c, tanh_c, h0, c0, fw_hh, running, tanh_via_sigmoid)
+        gates = _gates_buffer(ctx, x_rows, fw_ih)  # (R, 4H): W_ih x_t + b, written as the loop runs
+        projection = ProjectionAhead(x_rows, fw_ih, bias, gates, sizes)
+        # h_t and c_t of every row, after h_0 and c_0: (B + R, H) each, so that the h_{t-1} of
+        # every row, which the backward pass multiplies by ∂L/∂a, is one block when all rows run
+        h_all, c_all = (_rows_after(s0, gates.shape[0]) for s0 in (h0, c0))
+        h, c, tanh_c = h_all[h0.shape[0] :], c_all[c0.shape[0] :], gates.new_empty(gates.shape[0], hidden)
+        _run_forward(projection, gates, h, c, tanh_c, h0, c0, fw_hh, running, tanh_via_sigmoid)
         h_last, c_last = _final_states(h, c, h0, c0, running)
         ctx.running = running
-        ctx.save_for_backward(x_rows, w_ih, w_hh, h0, c0, gates, c, tanh_c, h)
+        ctx.save_for_backward(x_rows, w_ih, w_hh, gates, c_all, tanh_c, h_all)
         return running.padded(h), h_last, c_last
 
     @staticmethod
     @once_differentiable
     def backward(ctx, d_out, d_h_last, d_c_last):
-        x_rows, w_ih, w_hh, h0, c0, acts, c, tanh_c, h = ctx.saved_tensors
+        x_rows, w_ih, w_hh, acts, c_all, tanh_c, h_all = ctx.saved_tensors
         need_x, need_h0, need_c0, need_w_ih, need_w_hh, need_b_ih, need_b_hh, _ = ctx.needs_input_grad
         running = ctx.running
-        previous = scratch("previous", c.shape, c)  # c_{t-1} for each row
-        d_gates, dh_dc, forget = _local_derivatives(acts, running.previous(c0, c, out=previous), tanh_c)
+        previous = scratch("previous", tanh_c.shape, tanh_c)  # c_{t-1} for each row, if not a view
+        d_gates, dh_dc, forget = _local_derivatives(acts, running.previous(c_all, out=previous), tanh_c)
         d_out = running.per_step_of_padded(d_out)  # ∂L/∂out_t, (n_t, H) each
         d_h0, d_c0 = _run_backward(d_gates, dh_dc, forget, d_out, d_h_last, d_c_last, w_hh, running, need_h0)
 
@@ -111,7 +119,7 @@ class LSTMDirection(torch.autograd.Function):
         d_x = running.padded(matmul_t(d_rows, w_ih.t())) if need_x else None  # ∂L/∂x_t = ∂L/∂a_t W_ih
         # ∂L/∂W_ih = Σ_t ∂L/∂a_tᵀ x_t,  ∂L/∂W_hh = Σ_t ∂L/∂a_tᵀ h_{t-1},  ∂L/∂b_ih = ∂L/∂b_hh = Σ_t ∂L/∂a_t
         d_w_ih = sum_of_outer_products(d_rows, x_rows) if need_w_ih else None
-        d_w_hh = sum_of_outer_products(d_rows, running.previous_blocks(h0, h)) if need_w_hh else None
+        d_w_hh = sum_of_outer_products(d_rows, running.previous_blocks(h_all)) if need_w_hh else None
         d_bias = d_rows.sum(0) if need_b_ih or need_b_hh else None
         d_b_ih = d_bias if need_b_ih else None
         d_b_hh = d_bias if need_b_hh else None
@@ -121,15 +129,22 @@ class LSTMDirection(torch.autograd.Function):
 # ----------------------------------------------------------------------------------- forward
 
 
-def _gates_buffer(ctx, x_rows: Tensor, w_ih: Tensor) -> Tensor | None:
-    """A reused buffer for the (R, 4H) gates if a new one would be mapped afresh (see
-    :func:`~lstmlab.models.matmul.maps_afresh`), else None. The backward pass reads the gates,
-    so the buffer stays lent for as long as ctx (the graph node) lives."""
+def _gates_buffer(ctx, x_rows: Tensor, w_ih: Tensor) -> Tensor:
+    """An uninitialised (R, 4H) buffer for the gates: a reused one if a new one would be mapped
+    afresh (see :func:`~lstmlab.models.matmul.maps_afresh`). The backward pass reads the gates,
+    so a reused buffer stays lent for as long as ctx (the graph node) lives."""
     shape = (x_rows.shape[0], w_ih.shape[0])
     if not maps_afresh(shape, x_rows):
-        return None
+        return x_rows.new_empty(shape)
     ctx.lease = Lease(borrow(shape, x_rows))
     return ctx.lease.tensors[0]
+
+
+def _rows_after(first: Tensor, rows: int) -> Tensor:
+    """A (B + rows, H) buffer holding ``first`` (B, H) in its first B rows, the rest uninitialised."""
+    buffer = first.new_empty(first.shape[0] + rows, first.shape[1])
+    buffer[: first.shape[0]] = first
+    return buffer
 
 
 def _tanh_via_sigmoid_pays(x: Tensor, step_elements: int) -> bool:
@@ -171,9 +186,9 @@ def _with_g_rows_doubled(t: Tensor) -> Tensor:
     return t * scale
 
 
-def _run_forward(gates, h, c, tanh_c, h0, c0, w_hh, running, tanh_via_sigmoid: bool):
-    """The recurrence. On entry gates holds W_ih x_t + b (2a_g in the g slot); on exit
-    (i_t, f_t, σ(2a_g), o_t) per row.
+def _run_forward(projection, gates, h, c, tanh_c, h0, c0, w_hh, running, tanh_via_sigmoid: bool):
+    """The recurrence. ``projection`` writes W_ih x_t + b (2a_g in the g slot) into gates ahead
+    of step t; on exit gates holds (i_t, f_t, σ(2a_g), o_t) per row.
 
     Fills the (R, H) buffers h (h_t), c (c_t) and tanh_c (tanh(c_t)) in place. One σ call covers
     the whole row of gates: the g rows of gates and w_hh are doubled (see forward_weights), so
@@ -192,6 +207,7 @@ def _run_forward(gates, h, c, tanh_c, h0, c0, w_hh, running, tanh_via_sigmoid: b
     for t, n in enumerate(sizes):
         if n < h_prev.shape[0]:  # only the first n sequences are still running
             h_prev, c_prev = h_prev[:n], c_prev[:n]
+        projection.ahead_of(t)  # W_ih x_s + b for the block of steps s starting at t, if one does
         pre = recurrent.add_to(a[t], h_prev)  # a_t = W_ih x_t + b + W_hh h_{t-1} (in a[t] or new)
         torch.sigmoid(pre, out=a[t])  # i_t, f_t, o_t = σ(a_i), σ(a_f), σ(a_o); s_t = σ(2a_g)
         torch.mul(f[t], c_prev, out=c[t])  # c_t = f_t ⊙ c_{t-1}

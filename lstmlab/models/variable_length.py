@@ -85,16 +85,20 @@ class RunningRows:
             return steps[::-1] if self.reverse else steps
         return self.per_step(self.rows(x))
 
-    def previous(self, first: Tensor, rows: Tensor, out: Tensor | None = None) -> Tensor:
-        """(R, ...): for each row of step t, the same sequence's row at step t − 1 (``first``'s at t = 0)."""
-        pieces = self.previous_blocks(first, rows)
-        return torch.cat(pieces) if out is None else torch.cat(pieces, out=out)
+    def previous(self, states: Tensor, out: Tensor | None = None) -> Tensor:
+        """:meth:`previous_blocks` as one (R, ...) tensor: a view when every sequence runs every
+        step, else the blocks joined (into ``out`` if given)."""
+        blocks = self.previous_blocks(states)
+        return blocks[0] if len(blocks) == 1 else torch.cat(blocks, out=out)
 
-    def previous_blocks(self, first: Tensor, rows: Tensor) -> list[Tensor]:
-        """:meth:`previous` as views, block after block, not yet joined."""
-        if self._lengths is None:
-            return [first, rows[: -self.batch]]
-        steps = rows.split_with_sizes(self.sizes)
+    def previous_blocks(self, states: Tensor) -> list[Tensor]:
+        """states (B + R, ...): the B initial states, then the R rows. For each row of step t,
+        the same sequence's row at step t − 1 (the initial state's at t = 0), as blocks of rows
+        in order: one view when every sequence runs every step, since each row then lies B
+        rows after its previous one."""
+        if self._lengths is None or not self.sizes:
+            return [states[: states.shape[0] - self.batch]]
+        first, steps = states[: self.batch], states[self.batch :].split_with_sizes(self.sizes)
         return [first[: self.sizes[0]], *(steps[t - 1][:n] for t, n in enumerate(self.sizes) if t > 0)]
 
     def last_rows(self) -> tuple[Tensor, Tensor] | None:
