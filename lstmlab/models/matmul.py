@@ -177,8 +177,8 @@ class ProjectionAhead:
     block of about PROJECTION_BLOCK_BYTES is still in the CPU's cache when its steps come, where
     the slices of a projection of the whole sequence taken first (tens of MB) come back from
     memory; and the projection needs no buffer of its own, as oneDNN's products come as new
-    tensors (see :func:`matmul_t`). At the bench's IMDB size this took the manual backward's
-    pass from about 112 to 108 ms. Off the CPU it is one product for the whole sequence, at step 0.
+    tensors (see :func:`matmul_t`). Off the CPU it is one product for the whole sequence, at
+    step 0.
     """
 
     def __init__(self, x_rows: Tensor, w: Tensor, bias: Tensor | None, out: Tensor, sizes: list[int]) -> None:
