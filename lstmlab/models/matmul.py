@@ -80,8 +80,8 @@ def matmul_t(a: Tensor, w: Tensor, bias: Tensor | None = None, out: Tensor | Non
     """
     if use_onednn(a, a.shape[0], w.shape[1], w.shape[0]):
         a = a.contiguous()
-        # into oneDNN's blocked layout once, for all the chunks: read as w lies (a transposed
-        # view needs no copy first), faster than the reorder oneDNN would do inside each call
+        # into oneDNN's blocked layout once, for all the chunks, read as w lies: a transposed
+        # view (∂L/∂x = ∂L/∂a W) needs no contiguous copy first
         w = _ONEDNN_REORDER_WEIGHT(w, min(a.shape[0], ROWS_PER_CHUNK))
         if out is None:
             return _onednn(a, w, bias)
@@ -176,9 +176,9 @@ class ProjectionAhead:
     The loop reads step t's pre-activations, adds U h_{t-1} and takes σ over them in place. A
     block of about PROJECTION_BLOCK_BYTES is still in the CPU's cache when its steps come, where
     the slices of a projection of the whole sequence taken first (tens of MB) come back from
-    memory; and the projection needs no buffer of its own, as oneDNN's products come as new
-    tensors (see :func:`matmul_t`). Off the CPU it is one product for the whole sequence, at
-    step 0.
+    memory; and no sequence-sized product has to be copied chunk by chunk into ``out``
+    (oneDNN's products come as new tensors: see :func:`matmul_t`). Off the CPU it is one
+    product for the whole sequence, at step 0.
     """
 
     def __init__(self, x_rows: Tensor, w: Tensor, bias: Tensor | None, out: Tensor, sizes: list[int]) -> None:
