@@ -100,7 +100,6 @@ def maps_afresh(shape: tuple[int, ...], like: Tensor) -> bool:
     return like.device.type == "cpu" and math.prod(shape) * like.element_size() >= FRESH_MAPPING_BYTES
 
 
-
 def sum_of_outer_products(d_rows: Tensor, rows: Tensor | list[Tensor]) -> Tensor:
     """Σ_r d_rows[r]ᵀ rows[r], (n, k) from d_rows (R, n) and rows (R, k): a weight's gradient.
     ``rows`` may also be given as its blocks of rows, in order (they are joined only here).
@@ -148,7 +147,7 @@ class StepWeight:
         """out ← h @ wᵀ (+ bias), without autograd; returns out (contiguous)."""
         if not self.onednn:
             return torch.mm(h, self.w, out=out) if bias is None else torch.addmm(bias, h, self.w, out=out)
-        return out.copy_(_ONEDNN_LINEAR(h.contiguous(), self.w, bias, "none", [], ""))  # oneDNN returns new tensors only
+        return out.copy_(_onednn(h.contiguous(), self.w, bias))  # oneDNN returns new tensors only
 
     def add_to(self, out: Tensor, h: Tensor) -> Tensor:
         """out + h @ wᵀ without autograd: into ``out`` itself where that is cheaper (torch.mm's
@@ -164,6 +163,14 @@ class StepWeight:
         if self._transposed is None:
             self._transposed = StepWeight(self._source.t(), self._batch, self._steps)
         return self._transposed
+
+
+def _row_starts(sizes: list[int]) -> list[int]:
+    """The first row of each step among a sequence's rows (step t has sizes[t]), then R."""
+    starts = [0]
+    for n in sizes:
+        starts.append(starts[-1] + n)
+    return starts
 
 
 PROJECTION_BLOCK_BYTES = 2 << 20  # W x + b taken this much at a time, just ahead of the steps that read it
@@ -186,9 +193,7 @@ class ProjectionAhead:
         step_bytes = max(sizes, default=0) * out.shape[1] * out.element_size()
         cpu = out.device.type == "cpu"
         self._steps = max(1, PROJECTION_BLOCK_BYTES // max(step_bytes, 1)) if cpu else max(len(sizes), 1)
-        self._starts = [0]  # the first row of each step, and R
-        for n in sizes:
-            self._starts.append(self._starts[-1] + n)
+        self._starts = _row_starts(sizes)
         blocks = math.ceil(len(sizes) / self._steps)
         self._weight = StepWeight(w, min(self._steps * max(sizes, default=0), x_rows.shape[0]), steps=blocks)
 
@@ -259,9 +264,7 @@ class _GateGradients:
 
     def __init__(self, sizes: list[int], gates: int) -> None:
         self._sizes, self._gates = sizes, gates
-        self._starts = [0]
-        for n in sizes:
-            self._starts.append(self._starts[-1] + n)
+        self._starts = _row_starts(sizes)
         self._buffer: Tensor | None = None
         self._written = [False] * len(sizes)
 
