@@ -273,9 +273,10 @@ def test_gradients_stay_valid_after_later_calls():
 
 
 def test_graphs_alive_at_once_keep_their_own_gates_buffers(monkeypatch):
-    """The gates go into a lent buffer (as they do from 32 MB): it stays lent while its graph
-    lives, so a second forward pass gets another one, and both backward passes stay right."""
-    monkeypatch.setattr(matmul, "FRESH_MAPPING_BYTES", 0)
+    """The saved gates and cells go into a lent buffer (as they do from 1 MB): it stays lent
+    while its graph lives, so a second forward pass gets another one, and both backward passes
+    stay right."""
+    monkeypatch.setattr(lstm_function, "FORWARD_BUFFERS_MIN_BYTES", 0)
     first, second = make_inputs(3, 5, 4, 6, seed=17), make_inputs(3, 5, 4, 6, seed=18)
     upstream = [torch.randn(3, 5, 6, dtype=F64), torch.randn(3, 6, dtype=F64), torch.randn(3, 6, dtype=F64)]
     outputs_first, outputs_second = lstm_direction_manual(*first), lstm_direction_manual(*second)

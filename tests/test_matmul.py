@@ -37,19 +37,18 @@ def test_products_equal_torch_mm(size_paths):
 
 
 @pytest.mark.parametrize("sizes", [[4] * 7, [4, 4, 3, 3, 3, 1, 1]], ids=["full", "lengths"])
-def test_projection_ahead_writes_every_step_before_it_is_read(sizes, size_paths, monkeypatch):
+def test_projection_ahead_gives_every_step_taken_a_block_at_a_time(sizes, size_paths, monkeypatch):
     monkeypatch.setattr(matmul, "PROJECTION_BLOCK_BYTES", 4 * 56 * 4 * 3)  # 3 steps a block: 3, 3, 1
     torch.manual_seed(0)
     x_rows, w, bias = torch.randn(sum(sizes), 24), torch.randn(56, 24), torch.randn(56)
     want = torch.addmm(bias, x_rows, w.t()).split(sizes)
-    out = torch.full((sum(sizes), 56), float("nan"))
-    projection = matmul.ProjectionAhead(x_rows, w, bias, out, sizes)
-    steps = out.split(sizes)
-    for t, step in enumerate(steps):
-        projection.ahead_of(t)
-        torch.testing.assert_close(step, want[t])
-        if t % 3 == 0 and t + 3 < len(sizes):  # the next block is not written yet
-            assert steps[t + 3].isnan().all()
+    products, affine = [], StepWeight.affine  # the rows of each block's product, as taken
+    monkeypatch.setattr(StepWeight, "affine", lambda self, h, b: products.append(h.shape[0]) or affine(self, h, b))
+    projection = matmul.ProjectionAhead(x_rows, w, bias, sizes)
+    for t in range(len(sizes)):
+        torch.testing.assert_close(projection.at(t), want[t])
+        assert len(products) == t // 3 + 1  # a block's product is taken when its first step asks
+    assert products == [sum(sizes[:3]), sum(sizes[3:6]), sizes[6]]
 
 
 def test_step_weight_is_a_constant_with_gradients_for_h_and_the_added_term(size_paths):

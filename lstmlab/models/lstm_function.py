@@ -48,13 +48,14 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .matmul import ProjectionAhead, StepWeight, maps_afresh, matmul_t, sum_of_outer_products
+from .matmul import ProjectionAhead, StepWeight, matmul_t, sum_of_outer_products
 from .scratch import Lease, borrow, scratch
 from .variable_length import RunningRows
 
 __all__ = ["LSTMDirection", "lstm_direction_manual"]
 
 _TANH_VIA_SIGMOID_MIN_ELEMENTS = 4096  # B*H from which tanh as 2σ(2x) − 1 is faster on CPU
+FORWARD_BUFFERS_MIN_BYTES = 1 << 20  # from this size the forward pass's saved buffers are reused
 
 # Fused elementwise derivatives from ATen (CPU and CUDA): given an upstream tensor u and a
 # function's output y, sigmoid_backward gives u ⊙ y(1 − y) and tanh_backward gives u ⊙ (1 − y²).
@@ -92,12 +93,14 @@ class LSTMDirection(torch.autograd.Function):
         sizes, hidden = running.sizes, w_hh.shape[1]
         tanh_via_sigmoid = _tanh_via_sigmoid_pays(x_rows, max(sizes, default=0) * hidden)
         fw_ih, fw_hh, bias = forward_weights(w_ih, w_hh, b_ih, b_hh)  # g rows doubled
-        gates = _gates_buffer(ctx, x_rows, fw_ih)  # (R, 4H): W_ih x_t + b, written as the loop runs
-        projection = ProjectionAhead(x_rows, fw_ih, bias, gates, sizes)
-        # h_t and c_t of every row, after h_0 and c_0: (B + R, H) each, so that the h_{t-1} of
-        # every row, which the backward pass multiplies by ∂L/∂a, is one block when all rows run
-        h_all, c_all = (_rows_after(s0, gates.shape[0]) for s0 in (h0, c0))
-        h, c, tanh_c = h_all[h0.shape[0] :], c_all[c0.shape[0] :], gates.new_empty(gates.shape[0], hidden)
+        projection = ProjectionAhead(x_rows, fw_ih, bias, sizes)  # W_ih x_t + b, a block of steps at a time
+        # the gates (R, 4H), and h_t and c_t of every row after h_0 and c_0, (B + R, H) each, so
+        # that the h_{t-1} of every row, which the backward pass multiplies by ∂L/∂a, is one
+        # block when all rows run; tanh(c_t) (R, H)
+        gates, c_all, tanh_c = _forward_buffers(ctx, x_rows, h0, fw_ih.shape[0])
+        h_all = _rows_after(h0, gates.shape[0])
+        c_all[: c0.shape[0]] = c0
+        h, c = h_all[h0.shape[0] :], c_all[c0.shape[0] :]
         _run_forward(projection, gates, h, c, tanh_c, h0, c0, fw_hh, running, tanh_via_sigmoid)
         h_last, c_last = _final_states(h, c, h0, c0, running)
         ctx.running = running
@@ -129,15 +132,21 @@ class LSTMDirection(torch.autograd.Function):
 # ----------------------------------------------------------------------------------- forward
 
 
-def _gates_buffer(ctx, x_rows: Tensor, w_ih: Tensor) -> Tensor:
-    """An uninitialised (R, 4H) buffer for the gates: a reused one if a new one would be mapped
-    afresh (see :func:`~lstmlab.models.matmul.maps_afresh`). The backward pass reads the gates,
-    so a reused buffer stays lent for as long as ctx (the graph node) lives."""
-    shape = (x_rows.shape[0], w_ih.shape[0])
-    if not maps_afresh(shape, x_rows):
-        return x_rows.new_empty(shape)
-    ctx.lease = Lease(borrow(shape, x_rows))
-    return ctx.lease.tensors[0]
+def _forward_buffers(ctx, x_rows: Tensor, h0: Tensor, gate_rows: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Uninitialised buffers for what the forward pass saves besides h: the gates (R, 4H), c
+    (B + R, H) and tanh(c) (R, H). On the CPU, from FORWARD_BUFFERS_MIN_BYTES on, they are cut
+    from one reused buffer (:mod:`~lstmlab.models.scratch`): fresh memory that size costs a page
+    fault per 4 KB on every call. The backward pass reads them, so that buffer stays lent for as
+    long as ctx (the graph node) lives. h is not among them: the output is a view of it."""
+    rows, (batch, hidden) = x_rows.shape[0], h0.shape
+    sizes = (rows * gate_rows, (batch + rows) * hidden, rows * hidden)
+    if x_rows.device.type == "cpu" and sum(sizes) * x_rows.element_size() >= FORWARD_BUFFERS_MIN_BYTES:
+        ctx.lease = Lease(borrow((sum(sizes),), x_rows))
+        flat = ctx.lease.tensors[0]
+    else:
+        flat = x_rows.new_empty(sum(sizes))
+    gates, c_all, tanh_c = flat.split(sizes)
+    return gates.view(rows, gate_rows), c_all.view(batch + rows, hidden), tanh_c.view(rows, hidden)
 
 
 def _rows_after(first: Tensor, rows: int) -> Tensor:
@@ -187,8 +196,8 @@ def _with_g_rows_doubled(t: Tensor) -> Tensor:
 
 
 def _run_forward(projection, gates, h, c, tanh_c, h0, c0, w_hh, running, tanh_via_sigmoid: bool):
-    """The recurrence. ``projection`` writes W_ih x_t + b (2a_g in the g slot) into gates ahead
-    of step t; on exit gates holds (i_t, f_t, σ(2a_g), o_t) per row.
+    """The recurrence. ``projection.at(t)`` gives W_ih x_t + b (2a_g in the g slot); on exit
+    gates holds (i_t, f_t, σ(2a_g), o_t) per row.
 
     Fills the (R, H) buffers h (h_t), c (c_t) and tanh_c (tanh(c_t)) in place. One σ call covers
     the whole row of gates: the g rows of gates and w_hh are doubled (see forward_weights), so
@@ -207,8 +216,7 @@ def _run_forward(projection, gates, h, c, tanh_c, h0, c0, w_hh, running, tanh_vi
     for t, n in enumerate(sizes):
         if n < h_prev.shape[0]:  # only the first n sequences are still running
             h_prev, c_prev = h_prev[:n], c_prev[:n]
-        projection.ahead_of(t)  # W_ih x_s + b for the block of steps s starting at t, if one does
-        pre = recurrent.add_to(a[t], h_prev)  # a_t = W_ih x_t + b + W_hh h_{t-1} (in a[t] or new)
+        pre = recurrent.add_to(projection.at(t), h_prev)  # a_t = W_ih x_t + b + W_hh h_{t-1}
         torch.sigmoid(pre, out=a[t])  # i_t, f_t, o_t = σ(a_i), σ(a_f), σ(a_o); s_t = σ(2a_g)
         torch.mul(f[t], c_prev, out=c[t])  # c_t = f_t ⊙ c_{t-1}
         c[t].addcmul_(i[t], s[t], value=2).sub_(i[t])  # + i_t ⊙ g_t, g_t = tanh(a_g) = 2s_t − 1

@@ -67,6 +67,15 @@ def _onednn(a: Tensor, w: Tensor, bias: Tensor | None = None) -> Tensor:
     return _ONEDNN_LINEAR(a, w, bias, "none", [], "")
 
 
+def _reordered(w: Tensor, rows: int) -> Tensor:
+    """w in oneDNN's blocked layout for products with about ``rows`` rows. A transposed view
+    (the backward pass's products with W) is first copied into a reused buffer: the op would
+    copy it into fresh memory of its own on every call, paying a page fault per 4 KB."""
+    if not w.is_contiguous():
+        w = scratch("weight_to_reorder", w.shape, w).copy_(w)
+    return _ONEDNN_REORDER_WEIGHT(w, rows)
+
+
 ROWS_PER_CHUNK = 512  # oneDNN writing into a given buffer: this many rows per call
 FRESH_MAPPING_BYTES = 32 << 20  # glibc maps allocations from this size afresh on every call
 
@@ -80,9 +89,7 @@ def matmul_t(a: Tensor, w: Tensor, bias: Tensor | None = None, out: Tensor | Non
     """
     if use_onednn(a, a.shape[0], w.shape[1], w.shape[0]):
         a = a.contiguous()
-        # into oneDNN's blocked layout once, for all the chunks, read as w lies: a transposed
-        # view (∂L/∂x = ∂L/∂a W) needs no contiguous copy first
-        w = _ONEDNN_REORDER_WEIGHT(w, min(a.shape[0], ROWS_PER_CHUNK))
+        w = _reordered(w, min(a.shape[0], ROWS_PER_CHUNK))  # once, for all the chunks
         if out is None:
             return _onednn(a, w, bias)
         for start in range(0, a.shape[0], ROWS_PER_CHUNK):
@@ -131,8 +138,8 @@ class StepWeight:
         self._source, self._batch, self._steps = w, batch, steps
         self.onednn = use_onednn(w, batch, w.shape[1], w.shape[0])
         self._transposed = None
-        if self.onednn:  # the reorder reads w as it is laid out (a transposed view needs no copy first)
-            self.w = _ONEDNN_REORDER_WEIGHT(w, batch) if steps >= MIN_STEPS_TO_REORDER else w.contiguous()
+        if self.onednn:
+            self.w = _reordered(w, batch) if steps >= MIN_STEPS_TO_REORDER else w.contiguous()
         else:
             self.w = w.t()  # a view: torch.mm takes it as is
 
@@ -143,11 +150,11 @@ class StepWeight:
             return _OneDnnStep.apply(h, other, self)
         return self._onednn_step(h, other)
 
-    def into(self, out: Tensor, h: Tensor, bias: Tensor | None = None) -> Tensor:
-        """out ← h @ wᵀ (+ bias), without autograd; returns out (contiguous)."""
+    def affine(self, h: Tensor, bias: Tensor | None = None) -> Tensor:
+        """h @ wᵀ (+ bias) as a new tensor, without autograd."""
         if not self.onednn:
-            return torch.mm(h, self.w, out=out) if bias is None else torch.addmm(bias, h, self.w, out=out)
-        return out.copy_(_onednn(h.contiguous(), self.w, bias))  # oneDNN returns new tensors only
+            return torch.mm(h, self.w) if bias is None else torch.addmm(bias, h, self.w)
+        return _onednn(h.contiguous(), self.w, bias)
 
     def add_to(self, out: Tensor, h: Tensor) -> Tensor:
         """out + h @ wᵀ without autograd: into ``out`` itself where that is cheaper (torch.mm's
@@ -177,31 +184,33 @@ PROJECTION_BLOCK_BYTES = 2 << 20  # W x + b taken this much at a time, just ahea
 
 
 class ProjectionAhead:
-    """W x_t + b of a sequence, written into ``out`` (R, G) a block of steps at a time, each
-    block just before its steps read it: ``ahead_of(t)`` before step t.
+    """W x_t + b of a sequence's steps, taken a block of steps at a time, each block just
+    before its steps read it: ``at(t)`` gives step t's (sizes[t], G), for t = 0, 1, ... in order.
 
-    The loop reads step t's pre-activations, adds U h_{t-1} and takes σ over them in place. A
-    block of about PROJECTION_BLOCK_BYTES is still in the CPU's cache when its steps come, where
-    the slices of a projection of the whole sequence taken first (tens of MB) come back from
-    memory; and no sequence-sized product has to be copied chunk by chunk into ``out``
-    (oneDNN's products come as new tensors: see :func:`matmul_t`). Off the CPU it is one
-    product for the whole sequence, at step 0.
+    The loop adds U h_{t-1} to step t's pre-activations and takes σ over them. A block of
+    about PROJECTION_BLOCK_BYTES is still in the CPU's cache when its steps come, where the
+    slices of a projection of the whole sequence taken first (tens of MB) come back from
+    memory; and the blocks are read where the product left them, never copied. Off the CPU it
+    is one product for the whole sequence, at step 0.
     """
 
-    def __init__(self, x_rows: Tensor, w: Tensor, bias: Tensor | None, out: Tensor, sizes: list[int]) -> None:
-        self._x_rows, self._bias, self._out = x_rows, bias, out
-        step_bytes = max(sizes, default=0) * out.shape[1] * out.element_size()
-        cpu = out.device.type == "cpu"
+    def __init__(self, x_rows: Tensor, w: Tensor, bias: Tensor | None, sizes: list[int]) -> None:
+        self._x_rows, self._bias, self._sizes = x_rows, bias, sizes
+        step_bytes = max(sizes, default=0) * w.shape[0] * x_rows.element_size()
+        cpu = x_rows.device.type == "cpu"
         self._steps = max(1, PROJECTION_BLOCK_BYTES // max(step_bytes, 1)) if cpu else max(len(sizes), 1)
         self._starts = _row_starts(sizes)
         blocks = math.ceil(len(sizes) / self._steps)
         self._weight = StepWeight(w, min(self._steps * max(sizes, default=0), x_rows.shape[0]), steps=blocks)
+        self._block, self._block_start = x_rows.new_empty(0, w.shape[0]), 0
 
-    def ahead_of(self, t: int) -> None:
-        """Write the block that starts at step t, if one does."""
+    def at(self, t: int) -> Tensor:
+        """W x_t + b (sizes[t], G), as a view of its block (taken when t starts one)."""
+        start = self._starts[t]
         if t % self._steps == 0:
-            start, end = self._starts[t], self._starts[min(t + self._steps, len(self._starts) - 1)]
-            self._weight.into(self._out[start:end], self._x_rows[start:end], self._bias)
+            end = self._starts[min(t + self._steps, len(self._sizes))]
+            self._block, self._block_start = self._weight.affine(self._x_rows[start:end], self._bias), start
+        return self._block[start - self._block_start : start - self._block_start + self._sizes[t]]
 
 
 class _OneDnnStep(torch.autograd.Function):
