@@ -127,6 +127,22 @@ def test_recurrent_products_when_the_loss_sees_only_the_first_steps(size_paths):
         torch.testing.assert_close(a, g, rtol=0, atol=0)
 
 
+def test_recurrent_products_without_gradients_for_the_projection(size_paths):
+    """No graph through W x + b: under no_grad, and when only h_0 needs a gradient (frozen
+    weights, an input that needs none); the steps still give a_t, and h_0 its gradient."""
+    torch.manual_seed(0)
+    batch, steps, features, hidden = 16, 5, 6, 8
+    x, w_ih, w_hh, bias = torch.randn(batch, steps, features), torch.randn(hidden, features), torch.randn(hidden, hidden), torch.randn(hidden)
+    h0 = torch.randn(batch, hidden, requires_grad=True)
+    rows = x.transpose(0, 1).reshape(steps * batch, features)
+    want = run_rnn(lambda t, h: x[:, t] @ w_ih.t() + bias + h @ w_hh.t(), h0, steps)[-1]
+    with torch.no_grad():
+        torch.testing.assert_close(run_rnn(RecurrentProducts(rows, w_ih, bias, w_hh, [batch] * steps).step, h0, steps)[-1], want)
+    got = run_rnn(RecurrentProducts(rows, w_ih, bias, w_hh, [batch] * steps).step, h0, steps)[-1]
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(torch.autograd.grad(got.sum(), h0), torch.autograd.grad(want.sum(), h0))
+
+
 def test_recurrent_products_in_float64_pass_gradcheck():
     torch.manual_seed(0)
     x = torch.randn(3, 4, 2, dtype=torch.float64, requires_grad=True)

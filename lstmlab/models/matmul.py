@@ -233,14 +233,15 @@ class RecurrentProducts:
 
     Made from the rows of a sequence, x_rows (R, I): step 0's ``sizes[0]`` rows, then step 1's,
     and so on (see :class:`~lstmlab.models.variable_length.RunningRows`), W (G, I), b (G,) or
-    None and U (G, H). W x_t + b is taken for every row in one product there and then;
-    ``step(t, h)`` returns a_t (sizes[t], G) for t = 0, 1, ... in order. Autograd differentiates
-    it all, with U's gradient taken once over every step in the input projection's backward
-    (see the module docstring).
+    None and U (G, H). ``step(t, h)`` returns a_t (sizes[t], G) for t = 0, 1, ... in order.
+    Autograd differentiates it all, with U's gradient taken once over every step in the input
+    projection's backward (see the module docstring).
 
-    On the oneDNN path the steps' backward passes also hand ∂L/∂a_t straight to that projection,
-    written into one (R, G) buffer, rather than letting autograd stack T separate gradients
-    into a fresh tensor the size of the whole sequence on every call.
+    W x_t + b is taken for every row in one product there and then, except on the oneDNN path,
+    where it is taken a block of steps ahead of the steps that read it
+    (:class:`ProjectionAhead`), and the steps' backward passes hand ∂L/∂a_t straight to the
+    projection's backward, written into one (R, G) buffer, rather than letting autograd stack T
+    separate gradients into a fresh tensor the size of the whole sequence on every call.
     """
 
     def __init__(self, x_rows: Tensor, w_ih: Tensor, bias: Tensor | None, w_hh: Tensor, sizes: list[int]) -> None:
@@ -254,18 +255,27 @@ class RecurrentProducts:
         # them, and a link from them back into the graph would be a reference cycle
         self._inputs: list[Tensor] | None = [] if grad and w_hh.requires_grad else None
         self._gate_grads = _GateGradients(sizes, w_hh.shape[0]) if grad and self._u.onednn else None
-        self._xw = _InputProjection.apply(x_rows, w_ih, bias, w_hh, self._inputs, self._gate_grads)
-        split = self._xw.detach() if self._gate_grads is not None else self._xw
-        self._xw_t = split.split(sizes)  # W x_t + b, (sizes[t], G) for each t
+        self._ahead = None
+        if self._u.onednn:  # W x_t + b in blocks, as the steps come; no autograd through them
+            detached = (None if t is None else t.detach() for t in (x_rows, w_ih, bias))
+            self._ahead = ProjectionAhead(*detached, sizes)
+        # the projection, whose backward takes ∂L/∂x, ∂L/∂W, ∂L/∂b and ∂L/∂U; on the oneDNN
+        # path only the node in the graph that gathers the steps' ∂L/∂a_t (it computes nothing)
+        self._xw = self._xw_t = None
+        if grad or self._ahead is None:
+            self._xw = _InputProjection.apply(x_rows, w_ih, bias, w_hh, self._inputs, self._gate_grads)
+        if self._ahead is None:
+            self._xw_t = self._xw.split(sizes)  # W x_t + b, (sizes[t], G) for each t
 
     def step(self, t: int, h: Tensor) -> Tensor:
         if self._plain:
             return torch.addmm(self._xw_t[t], h, self._w_hh_t)  # W x_t + b + U h_{t-1}
         if self._inputs is not None:
             self._inputs.append(h.detach())
+        xw_t = self._xw_t[t] if self._ahead is None else self._ahead.at(t)  # W x_t + b
         if self._gate_grads is not None:
-            return _RecurrentStep.apply(h, self._xw, self._xw_t[t], self._u, self._gate_grads, t)
-        return self._u.step(h, self._xw_t[t])  # W x_t + b + U h_{t-1}
+            return _RecurrentStep.apply(h, self._xw, xw_t, self._u, self._gate_grads, t)
+        return self._u.step(h, xw_t)  # W x_t + b + U h_{t-1}
 
 
 class _GateGradients:
@@ -298,8 +308,8 @@ class _GateGradients:
 class _RecurrentStep(torch.autograd.Function):
     """a_t = xw_t + h @ Uᵀ through oneDNN, U constant; ∂L/∂a_t goes to ``gate_grads``.
 
-    ``xw`` (all steps' W x + b) is an input only to tie this step to the projection in the
-    graph: its gradient is passed through ``gate_grads``, not returned.
+    ``xw`` (the projection's output, empty on this path) is an input only to tie this step to
+    the projection in the graph: the gradient of W x_t + b is passed through ``gate_grads``.
     """
 
     @staticmethod
@@ -324,6 +334,8 @@ class _InputProjection(torch.autograd.Function):
         ctx.save_for_backward(x_rows, w_ih)
         ctx.h_inputs = h_inputs  # filled by RecurrentProducts.step as the loop runs
         ctx.gate_grads = gate_grads  # or None: the gradient then comes in as d_rows
+        if gate_grads is not None:  # the steps take W x_t + b themselves, a block ahead
+            return x_rows.new_empty(0)
         shape = (x_rows.shape[0], w_ih.shape[0])
         # only the loop's forward steps read the projection (none saves it): a reused buffer will do
         out = scratch("projection", shape, x_rows) if maps_afresh(shape, x_rows) else None
