@@ -38,8 +38,8 @@ How it is organised:
   (:class:`~lstmlab.models.matmul.ProjectionAhead`), while it is still in cache.
 * Speed on CPU: large float32 products go through oneDNN (see :mod:`lstmlab.models.matmul`); for
   large tensors tanh(c_t) is also taken as 2σ(2x) − 1, σ being several times cheaper than tanh
-  in ATen; and the large buffers (the gates once they reach 32 MB, the backward pass's
-  temporaries) are reused from call to call (:mod:`lstmlab.models.scratch`).
+  in ATen; and the large buffers (what the forward pass saves besides h, from 1 MB; the
+  backward pass's temporaries) are reused from call to call (:mod:`lstmlab.models.scratch`).
 """
 
 from __future__ import annotations

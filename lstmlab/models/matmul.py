@@ -18,8 +18,9 @@ Three things decide how fast a hand-written recurrent layer runs, all about its 
   at once, take ∂L/∂U as one product over all the rows of the sequence, just as it takes ∂L/∂W.
 * **Where a large result lands.** The input projection of a whole sequence can be tens of MB;
   a new tensor that size is memory glibc maps afresh on every call, a page fault per 4 KB
-  (~12 ms of a ~140 ms step at the IMDB size). ``matmul_t(..., out=)`` writes it into a buffer
-  that is reused instead (:func:`maps_afresh` says when).
+  (~12 ms of a ~140 ms step at the IMDB size). On oneDNN's route the loops take it a block of
+  steps at a time instead, just ahead of the steps (:class:`ProjectionAhead`); elsewhere
+  ``matmul_t(..., out=)`` writes it into a buffer that is reused (:func:`maps_afresh` says when).
 
 Under ``torch.compile`` :class:`RecurrentProducts` is plain ops instead: the compiler then
 differentiates the loop itself and fuses each step's elementwise work.
@@ -326,7 +327,8 @@ class _RecurrentStep(torch.autograd.Function):
 
 
 class _InputProjection(torch.autograd.Function):
-    """x_rows Wᵀ + b whose backward also gives ∂L/∂U = Σ_t ∂L/∂a_tᵀ h_{t-1} (U itself unused)."""
+    """x_rows Wᵀ + b (with ``gate_grads``, an empty tensor: the steps take it themselves) whose
+    backward also gives ∂L/∂U = Σ_t ∂L/∂a_tᵀ h_{t-1} (U itself unused)."""
 
     @staticmethod
     def forward(ctx, x_rows, w_ih, bias, w_hh, h_inputs, gate_grads):
