@@ -203,7 +203,8 @@ class ProjectionAhead:
         self._starts = _row_starts(sizes)
         blocks = math.ceil(len(sizes) / self._steps)
         self._weight = StepWeight(w, min(self._steps * max(sizes, default=0), x_rows.shape[0]), steps=blocks)
-        self._block, self._block_start = x_rows.new_empty(0, w.shape[0]), 0
+        self._block: Tensor | None = None  # the current block of W x + b, from row _block_start
+        self._block_start = 0
 
     def at(self, t: int) -> Tensor:
         """W x_t + b (sizes[t], G), as a view of its block (taken when t starts one)."""
