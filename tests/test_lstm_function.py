@@ -72,14 +72,12 @@ def size_paths(request, monkeypatch):
     """Run a test down both sets of code paths whatever its tensors' sizes.
 
     Large inputs take other routes than small ones: float32 CPU products through oneDNN with the
-    recurrent weight reordered once, tanh(c_t) taken as 2σ(2x) − 1, the gates written into a
-    lent buffer, and the input projection taken a block of steps at a time.
+    recurrent weight reordered once, the gates written into a lent buffer, and the input projection taken a block of steps at a time.
     """
     if request.param == "large_size_paths":
         monkeypatch.setattr(matmul, "ONEDNN_MIN_MACS", 0)
         # reordered weights from 7 steps on: the float32 tests (6 and 9 steps) take both branches
         monkeypatch.setattr(matmul, "MIN_STEPS_TO_REORDER", 7)
-        monkeypatch.setattr(lstm_function, "_TANH_VIA_SIGMOID_MIN_ELEMENTS", 0)
         # the gates in a lent buffer (as from 32 MB), written by oneDNN 3 rows at a time
         monkeypatch.setattr(matmul, "FRESH_MAPPING_BYTES", 0)
         monkeypatch.setattr(matmul, "ROWS_PER_CHUNK", 3)

@@ -31,14 +31,17 @@ How it is organised:
   end as single matrix products over the R rows of ∂L/∂a. The buffers of h_t and c_t start
   with h_0 and c_0, so that when every sequence runs every step the h_{t-1} and c_{t-1} of
   all rows are one block of them rather than pieces to be joined.
-* Few calls per step, since at small sizes each call's fixed cost is what a step costs: one σ
-  call gives all four gates (g_t = tanh(a_g) = 2σ(2a_g) − 1 from doubled g rows), and i_t ⊙ g_t
-  goes into c_t without forming g_t.
+* Few calls per step, since at small sizes each call's fixed cost is what a step costs (and at
+  large ones the calls over a step's (B, H) tensors run on one thread): one σ call gives all four
+  gates (g_t = tanh(a_g) = 2σ(2a_g) − 1 from doubled g rows), and i_t ⊙ g_t goes into c_t
+  without forming g_t. The cell state is kept as −2c_t, so that tanh(c_t) = 1 − 2σ(−2c_t) is
+  one σ call and h_t = o_t − 2 o_t ⊙ σ(−2c_t) one more (σ also costs ATen several times less per
+  element than tanh); −2c_t is exactly c_t scaled, and the backward pass turns it back into
+  c_{t-1} and tanh(c_t) for all rows at once.
 * W_ih x_t + b is taken a block of steps at a time, just ahead of the steps that read it
   (:class:`~lstmlab.models.matmul.ProjectionAhead`), while it is still in cache.
-* Speed on CPU: large float32 products go through oneDNN (see :mod:`lstmlab.models.matmul`); for
-  large tensors tanh(c_t) is also taken as 2σ(2x) − 1, σ being several times cheaper than tanh
-  in ATen; and the large buffers (what the forward pass saves besides h, from 1 MB; the
+* Speed on CPU: large float32 products go through oneDNN (see :mod:`lstmlab.models.matmul`); and
+  the large buffers (what the forward pass saves besides h, from 1 MB; the
   backward pass's temporaries) are reused from call to call (:mod:`lstmlab.models.scratch`).
 """
 
@@ -54,7 +57,6 @@ from .variable_length import RunningRows
 
 __all__ = ["LSTMDirection", "lstm_direction_manual"]
 
-_TANH_VIA_SIGMOID_MIN_ELEMENTS = 4096  # B*H from which tanh as 2σ(2x) − 1 is faster on CPU
 FORWARD_BUFFERS_MIN_BYTES = 1 << 20  # from this size the forward pass's saved buffers are reused
 
 # Fused elementwise derivatives from ATen (CPU and CUDA): given an upstream tensor u and a
@@ -90,31 +92,30 @@ class LSTMDirection(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, running):
         x_rows = running.rows(x)  # (R, I), step after step
-        sizes, hidden = running.sizes, w_hh.shape[1]
-        tanh_via_sigmoid = _tanh_via_sigmoid_pays(x_rows, max(sizes, default=0) * hidden)
         fw_ih, fw_hh, bias = forward_weights(w_ih, w_hh, b_ih, b_hh)  # g rows doubled
-        projection = ProjectionAhead(x_rows, fw_ih, bias, sizes)  # W_ih x_t + b, a block of steps at a time
-        # the gates (R, 4H), and h_t and c_t of every row after h_0 and c_0, (B + R, H) each, so
-        # that the h_{t-1} of every row, which the backward pass multiplies by ∂L/∂a, is one
-        # block when all rows run; tanh(c_t) (R, H)
-        gates, c_all, tanh_c = _forward_buffers(ctx, x_rows, h0, fw_ih.shape[0])
+        projection = ProjectionAhead(x_rows, fw_ih, bias, running.sizes)  # W_ih x_t + b, a block of steps at a time
+        # the gates (R, 4H), and h_t and −2c_t of every row after h_0 and −2c_0, (B + R, H) each,
+        # so that the h_{t-1} of every row, which the backward pass multiplies by ∂L/∂a, is one
+        # block when all rows run; σ(−2c_t) (R, H)
+        gates, m_all, sig_m = _forward_buffers(ctx, x_rows, h0, fw_ih.shape[0])
         h_all = _rows_after(h0, gates.shape[0])
-        c_all[: c0.shape[0]] = c0
-        h, c = h_all[h0.shape[0] :], c_all[c0.shape[0] :]
-        _run_forward(projection, gates, h, c, tanh_c, h0, c0, fw_hh, running, tanh_via_sigmoid)
-        h_last, c_last = _final_states(h, c, h0, c0, running)
+        torch.mul(c0, -2, out=m_all[: c0.shape[0]])  # −2c_0
+        h, m = h_all[h0.shape[0] :], m_all[c0.shape[0] :]
+        _run_forward(projection, gates, h, m, sig_m, h0, m_all[: c0.shape[0]], fw_hh, running)
+        h_last, c_last = _final_states(h, m, h0, c0, running)
         ctx.running = running
-        ctx.save_for_backward(x_rows, w_ih, w_hh, gates, c_all, tanh_c, h_all)
+        ctx.save_for_backward(x_rows, w_ih, w_hh, gates, m_all, sig_m, h_all)
         return running.padded(h), h_last, c_last
 
     @staticmethod
     @once_differentiable
     def backward(ctx, d_out, d_h_last, d_c_last):
-        x_rows, w_ih, w_hh, acts, c_all, tanh_c, h_all = ctx.saved_tensors
+        x_rows, w_ih, w_hh, acts, m_all, sig_m, h_all = ctx.saved_tensors
         need_x, need_h0, need_c0, need_w_ih, need_w_hh, need_b_ih, need_b_hh, _ = ctx.needs_input_grad
         running = ctx.running
-        previous = scratch("previous", tanh_c.shape, tanh_c)  # c_{t-1} for each row, if not a view
-        d_gates, dh_dc, forget = _local_derivatives(acts, running.previous(c_all, out=previous), tanh_c)
+        previous = scratch("previous", sig_m.shape, sig_m)  # c_{t-1} for each row
+        c_prev = torch.mul(running.previous(m_all, out=previous), -0.5, out=previous)  # c_{t-1} = −½ (−2c_{t-1})
+        d_gates, dh_dc, forget = _local_derivatives(acts, c_prev, sig_m)
         d_out = running.per_step_of_padded(d_out)  # ∂L/∂out_t, (n_t, H) each
         d_h0, d_c0 = _run_backward(d_gates, dh_dc, forget, d_out, d_h_last, d_c_last, w_hh, running, need_h0)
 
@@ -133,8 +134,8 @@ class LSTMDirection(torch.autograd.Function):
 
 
 def _forward_buffers(ctx, x_rows: Tensor, h0: Tensor, gate_rows: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Uninitialised buffers for what the forward pass saves besides h: the gates (R, 4H), c
-    (B + R, H) and tanh(c) (R, H). On the CPU, from FORWARD_BUFFERS_MIN_BYTES on, they are cut
+    """Uninitialised buffers for what the forward pass saves besides h: the gates (R, 4H), −2c
+    (B + R, H) and σ(−2c) (R, H). On the CPU, from FORWARD_BUFFERS_MIN_BYTES on, they are cut
     from one reused buffer (:mod:`~lstmlab.models.scratch`): fresh memory that size costs a page
     fault per 4 KB on every call. The backward pass reads them, so that buffer stays lent for as
     long as ctx (the graph node) lives. h is not among them: the output is a view of it."""
@@ -145,8 +146,8 @@ def _forward_buffers(ctx, x_rows: Tensor, h0: Tensor, gate_rows: int) -> tuple[T
         flat = ctx.lease.tensors[0]
     else:
         flat = x_rows.new_empty(sum(sizes))
-    gates, c_all, tanh_c = flat.split(sizes)
-    return gates.view(rows, gate_rows), c_all.view(batch + rows, hidden), tanh_c.view(rows, hidden)
+    gates, m_all, sig_m = flat.split(sizes)
+    return gates.view(rows, gate_rows), m_all.view(batch + rows, hidden), sig_m.view(rows, hidden)
 
 
 def _rows_after(first: Tensor, rows: int) -> Tensor:
@@ -154,11 +155,6 @@ def _rows_after(first: Tensor, rows: int) -> Tensor:
     buffer = first.new_empty(first.shape[0] + rows, first.shape[1])
     buffer[: first.shape[0]] = first
     return buffer
-
-
-def _tanh_via_sigmoid_pays(x: Tensor, step_elements: int) -> bool:
-    """Whether to take tanh as 2σ(2x) − 1: on CPU, once a step's (B, H) tensors are large enough."""
-    return x.device.type == "cpu" and step_elements >= _TANH_VIA_SIGMOID_MIN_ELEMENTS
 
 
 def forward_weights(w_ih, w_hh, b_ih, b_hh):
@@ -195,59 +191,57 @@ def _with_g_rows_doubled(t: Tensor) -> Tensor:
     return t * scale
 
 
-def _run_forward(projection, gates, h, c, tanh_c, h0, c0, w_hh, running, tanh_via_sigmoid: bool):
+def _run_forward(projection, gates, h, m, sig_m, h0, m0, w_hh, running):
     """The recurrence. ``projection.at(t)`` gives W_ih x_t + b (2a_g in the g slot); on exit
     gates holds (i_t, f_t, σ(2a_g), o_t) per row.
 
-    Fills the (R, H) buffers h (h_t), c (c_t) and tanh_c (tanh(c_t)) in place. One σ call covers
-    the whole row of gates: the g rows of gates and w_hh are doubled (see forward_weights), so
-    the g slot gets σ(2a_g), and i_t ⊙ g_t = i_t ⊙ (2σ(2a_g) − 1) goes into c_t without g_t
-    ever being formed (the backward pass forms it for all rows at once). With tanh_via_sigmoid
-    tanh(c_t) is taken the same way, as 2σ(2c_t) − 1: on CPU ATen's σ costs several times less
-    per element than its tanh, which pays off once a step's tensors are large enough to
-    outweigh the extra calls.
+    Fills the (R, H) buffers h (h_t), m (m_t = −2c_t) and sig_m (σ(m_t)) in place, from h_0 and
+    m_0 = −2c_0. One σ call covers the whole row of gates: the g rows of gates and w_hh are
+    doubled (see forward_weights), so the g slot gets σ(2a_g), and i_t ⊙ g_t = i_t ⊙ (2σ(2a_g) − 1)
+    goes into c_t without g_t ever being formed (the backward pass forms it for all rows at
+    once). tanh(c_t) is not formed either: with the cell state kept as m_t = −2c_t,
+    tanh(c_t) = 1 − 2σ(m_t), so h_t = o_t − 2 o_t ⊙ σ(m_t) is one σ and one addcmul.
     """
     hidden, sizes = h0.shape[1], running.sizes
     a = running.per_step(gates)  # per-step (n_t, 4H) views into the preallocated buffers
     i, f, s, o = (running.per_step(gates[:, k * hidden : (k + 1) * hidden]) for k in range(4))
-    h, c, tc = (running.per_step(buffer) for buffer in (h, c, tanh_c))
+    h, m, sig_m = (running.per_step(buffer) for buffer in (h, m, sig_m))
     recurrent = StepWeight(w_hh, max(sizes, default=0), steps=len(sizes))
-    h_prev, c_prev = h0, c0
+    h_prev, m_prev = h0, m0
     for t, n in enumerate(sizes):
         if n < h_prev.shape[0]:  # only the first n sequences are still running
-            h_prev, c_prev = h_prev[:n], c_prev[:n]
+            h_prev, m_prev = h_prev[:n], m_prev[:n]
         pre = recurrent.add_to(projection.at(t), h_prev)  # a_t = W_ih x_t + b + W_hh h_{t-1}
         torch.sigmoid(pre, out=a[t])  # i_t, f_t, o_t = σ(a_i), σ(a_f), σ(a_o); s_t = σ(2a_g)
-        torch.mul(f[t], c_prev, out=c[t])  # c_t = f_t ⊙ c_{t-1}
-        c[t].addcmul_(i[t], s[t], value=2).sub_(i[t])  # + i_t ⊙ g_t, g_t = tanh(a_g) = 2s_t − 1
-        if tanh_via_sigmoid:
-            torch.mul(c[t], 2, out=tc[t]).sigmoid_().mul_(2).sub_(1)  # tanh(c_t) = 2σ(2c_t) − 1
-        else:
-            torch.tanh(c[t], out=tc[t])  # tanh(c_t)
-        torch.mul(o[t], tc[t], out=h[t])  # h_t = o_t ⊙ tanh(c_t)
-        h_prev, c_prev = h[t], c[t]
+        # c_t = f_t ⊙ c_{t-1} + i_t ⊙ g_t, with g_t = tanh(a_g) = 2s_t − 1, times −2:
+        torch.mul(f[t], m_prev, out=m[t])  # m_t = f_t ⊙ m_{t-1} ...
+        m[t].addcmul_(i[t], s[t], value=-4).add_(i[t], alpha=2)  # ... − 2 i_t ⊙ (2s_t − 1)
+        torch.sigmoid(m[t], out=sig_m[t])  # σ(−2c_t), and tanh(c_t) = 1 − 2σ(−2c_t)
+        torch.addcmul(o[t], o[t], sig_m[t], value=-2, out=h[t])  # h_t = o_t ⊙ tanh(c_t) = o_t − 2 o_t ⊙ σ(−2c_t)
+        h_prev, m_prev = h[t], m[t]
 
 
-def _final_states(h: Tensor, c: Tensor, h0: Tensor, c0: Tensor, running: RunningRows):
-    """(h_T, c_T) (B, H): each sequence's state after its last step (the initial one if it has none)."""
+def _final_states(h: Tensor, m: Tensor, h0: Tensor, c0: Tensor, running: RunningRows):
+    """(h_T, c_T) (B, H): each sequence's state after its last step (the initial one if it has
+    none), from h and m = −2c."""
     batch = h0.shape[0]
     last = running.last_rows()
     if last is None:  # every sequence ran every step: the last step's rows
-        return h[-batch:].clone(), c[-batch:].clone()
+        return h[-batch:].clone(), m[-batch:] * -0.5
     sequences, rows = (index.to(h.device) for index in last)
     h_last, c_last = h0.clone(), c0.clone()
     h_last[sequences] = h[rows]
-    c_last[sequences] = c[rows]
+    c_last[sequences] = m[rows] * -0.5
     return h_last, c_last
 
 
 # ---------------------------------------------------------------------------------- backward
 
 
-def _local_derivatives(acts: Tensor, c_prev: Tensor, tanh_c: Tensor):
+def _local_derivatives(acts: Tensor, c_prev: Tensor, sig_m: Tensor):
     """Derivatives that only need forward values, for all rows at once.
 
-    acts holds (i_t, f_t, σ(2a_g), o_t) per row. Returns the (R, 4H) buffer that the backward
+    acts holds (i_t, f_t, σ(2a_g), o_t) per row, sig_m σ(−2c_t). Returns the (R, 4H) buffer that the backward
     loop turns into ∂L/∂a in place, holding for now (∂c_t/∂a_i, ∂c_t/∂a_f, ∂c_t/∂a_g,
     ∂h_t/∂a_o); ∂h_t/∂c_t (R, H); and f_t (R, H).
     """
@@ -258,8 +252,9 @@ def _local_derivatives(acts: Tensor, c_prev: Tensor, tanh_c: Tensor):
     _sigmoid_backward.grad_input(g, i, grad_input=d_i)  # ∂c_t/∂a_i = g_t ⊙ σ'(a_i), σ' = σ(1−σ)
     _sigmoid_backward.grad_input(c_prev, f, grad_input=d_f)  # ∂c_t/∂a_f = c_{t-1} ⊙ f_t(1−f_t)
     _tanh_backward.grad_input(i, g, grad_input=d_g)  # ∂c_t/∂a_g = i_t ⊙ tanh'(a_g), tanh' = 1−tanh²
+    tanh_c = torch.mul(sig_m, -2, out=d_o).add_(1)  # tanh(c_t) = 1 − 2σ(−2c_t), in d_o's place for now
+    dh_dc = _tanh_backward.grad_input(o, tanh_c, grad_input=scratch("dh_dc", sig_m.shape, sig_m))  # ∂h_t/∂c_t = o_t ⊙ (1 − tanh²(c_t))
     _sigmoid_backward.grad_input(tanh_c, o, grad_input=d_o)  # ∂h_t/∂a_o = tanh(c_t) ⊙ o_t(1−o_t)
-    dh_dc = _tanh_backward.grad_input(o, tanh_c, grad_input=scratch("dh_dc", tanh_c.shape, tanh_c))  # ∂h_t/∂c_t = o_t ⊙ (1 − tanh²(c_t))
     return local, dh_dc, f
 
 
