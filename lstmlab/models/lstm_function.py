@@ -28,8 +28,8 @@ How it is organised:
 * Walking back, the rows of the sequences that ended at step t join in there, carrying the
   gradients of their final states ∂L/∂h_T, ∂L/∂c_T.
 * The weight, bias and input gradients are sums over all steps, so they are taken once at the
-  end as single matrix products over the R rows of ∂L/∂a. The buffers of h_t and c_t start
-  with h_0 and c_0, so that when every sequence runs every step the h_{t-1} and c_{t-1} of
+  end as single matrix products over the R rows of ∂L/∂a. The buffers of h_t and −2c_t start
+  with h_0 and −2c_0, so that when every sequence runs every step the h_{t-1} and c_{t-1} of
   all rows are one block of them rather than pieces to be joined.
 * Few calls per step, since at small sizes each call's fixed cost is what a step costs (and at
   large ones the calls over a step's (B, H) tensors run on one thread): one σ call gives all four
