@@ -72,7 +72,8 @@ def size_paths(request, monkeypatch):
     """Run a test down both sets of code paths whatever its tensors' sizes.
 
     Large inputs take other routes than small ones: float32 CPU products through oneDNN with the
-    recurrent weight reordered once, the gates written into a lent buffer, and the input projection taken a block of steps at a time.
+    recurrent weight reordered once, the gates written into a lent buffer, and the input
+    projection taken a block of steps at a time.
     """
     if request.param == "large_size_paths":
         monkeypatch.setattr(matmul, "ONEDNN_MIN_MACS", 0)

@@ -241,8 +241,8 @@ def _final_states(h: Tensor, m: Tensor, h0: Tensor, c0: Tensor, running: Running
 def _local_derivatives(acts: Tensor, c_prev: Tensor, sig_m: Tensor):
     """Derivatives that only need forward values, for all rows at once.
 
-    acts holds (i_t, f_t, σ(2a_g), o_t) per row, sig_m σ(−2c_t). Returns the (R, 4H) buffer that the backward
-    loop turns into ∂L/∂a in place, holding for now (∂c_t/∂a_i, ∂c_t/∂a_f, ∂c_t/∂a_g,
+    acts holds (i_t, f_t, σ(2a_g), o_t) per row, sig_m σ(−2c_t). Returns the (R, 4H) buffer
+    that the backward loop turns into ∂L/∂a in place, holding for now (∂c_t/∂a_i, ∂c_t/∂a_f, ∂c_t/∂a_g,
     ∂h_t/∂a_o); ∂h_t/∂c_t (R, H); and f_t (R, H).
     """
     i, f, s, o = acts.chunk(4, 1)
