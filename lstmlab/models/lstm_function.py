@@ -99,9 +99,9 @@ class LSTMDirection(torch.autograd.Function):
         # block when all rows run; σ(−2c_t) (R, H)
         gates, m_all, sig_m = _forward_buffers(ctx, x_rows, h0, fw_ih.shape[0])
         h_all = _rows_after(h0, gates.shape[0])
-        torch.mul(c0, -2, out=m_all[: c0.shape[0]])  # −2c_0
-        h, m = h_all[h0.shape[0] :], m_all[c0.shape[0] :]
-        _run_forward(projection, gates, h, m, sig_m, h0, m_all[: c0.shape[0]], fw_hh, running)
+        h, (m0, m) = h_all[h0.shape[0] :], m_all.split((c0.shape[0], gates.shape[0]))
+        torch.mul(c0, -2, out=m0)  # −2c_0
+        _run_forward(projection, gates, h, m, sig_m, h0, m0, fw_hh, running)
         h_last, c_last = _final_states(h, m, h0, c0, running)
         ctx.running = running
         ctx.save_for_backward(x_rows, w_ih, w_hh, gates, m_all, sig_m, h_all)
@@ -242,8 +242,8 @@ def _local_derivatives(acts: Tensor, c_prev: Tensor, sig_m: Tensor):
     """Derivatives that only need forward values, for all rows at once.
 
     acts holds (i_t, f_t, σ(2a_g), o_t) per row, sig_m σ(−2c_t). Returns the (R, 4H) buffer
-    that the backward loop turns into ∂L/∂a in place, holding for now (∂c_t/∂a_i, ∂c_t/∂a_f, ∂c_t/∂a_g,
-    ∂h_t/∂a_o); ∂h_t/∂c_t (R, H); and f_t (R, H).
+    that the backward loop turns into ∂L/∂a in place, holding for now (∂c_t/∂a_i, ∂c_t/∂a_f,
+    ∂c_t/∂a_g, ∂h_t/∂a_o); ∂h_t/∂c_t (R, H); and f_t (R, H).
     """
     i, f, s, o = acts.chunk(4, 1)
     g = torch.mul(s, 2, out=scratch("g", s.shape, s)).sub_(1)  # g_t = tanh(a_g) = 2σ(2a_g) − 1
