@@ -79,9 +79,8 @@ def size_paths(request, monkeypatch):
         monkeypatch.setattr(matmul, "ONEDNN_MIN_MACS", 0)
         # reordered weights from 7 steps on: the float32 tests (6 and 9 steps) take both branches
         monkeypatch.setattr(matmul, "MIN_STEPS_TO_REORDER", 7)
-        # the gates in a lent buffer (as from 32 MB), written by oneDNN 3 rows at a time
-        monkeypatch.setattr(matmul, "FRESH_MAPPING_BYTES", 0)
-        monkeypatch.setattr(matmul, "ROWS_PER_CHUNK", 3)
+        # what the forward pass saves, in a lent buffer (as from 1 MB)
+        monkeypatch.setattr(lstm_function, "FORWARD_BUFFERS_MIN_BYTES", 0)
         # the input projection a few steps at a time (2 at B=4, H=6 in float64)
         monkeypatch.setattr(matmul, "PROJECTION_BLOCK_BYTES", 2000)
     return request.param
