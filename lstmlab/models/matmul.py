@@ -203,16 +203,16 @@ class ProjectionAhead:
         self._starts = _row_starts(sizes)
         blocks = math.ceil(len(sizes) / self._steps)
         self._weight = StepWeight(w, min(self._steps * max(sizes, default=0), x_rows.shape[0]), steps=blocks)
-        self._block: Tensor | None = None  # the current block of W x + b, from row _block_start
-        self._block_start = 0
+        self._block: tuple[Tensor, ...] = ()  # the current block of W x + b, split into its steps
 
     def at(self, t: int) -> Tensor:
         """W x_t + b (sizes[t], G), as a view of its block (taken when t starts one)."""
-        start = self._starts[t]
-        if t % self._steps == 0:
-            end = self._starts[min(t + self._steps, len(self._sizes))]
-            self._block, self._block_start = self._weight.affine(self._x_rows[start:end], self._bias), start
-        return self._block[start - self._block_start : start - self._block_start + self._sizes[t]]
+        first = t - t % self._steps  # the block's first step
+        if t == first:
+            last = min(t + self._steps, len(self._sizes))
+            block = self._weight.affine(self._x_rows[self._starts[t] : self._starts[last]], self._bias)
+            self._block = block.split(self._sizes[t:last])
+        return self._block[t - first]
 
 
 class _OneDnnStep(torch.autograd.Function):

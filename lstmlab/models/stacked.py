@@ -129,7 +129,7 @@ class StackedRecurrent(nn.Module):
             layer_input = outputs[0] if len(outputs) == 1 else torch.cat(outputs, 2)
             if self.dropout and self.training and layer < self.num_layers - 1:
                 layer_input = F.dropout(layer_input, self.dropout, training=True)
-        return layer_input, tuple(torch.stack(final) for final in finals)
+        return layer_input, tuple(_stacked(final) for final in finals)
 
     def _initial_state(self, input: Tensor, hx, batch: int) -> tuple[Tensor, ...]:
         shape = (self.num_layers * self.num_directions, batch, self.hidden_size)
@@ -152,6 +152,11 @@ class StackedRecurrent(nn.Module):
         if self.bidirectional:
             s += ", bidirectional=True"
         return s
+
+
+def _stacked(states: list[Tensor]) -> Tensor:
+    """(layers × directions, B, H) from each one's (B, H): a view when there is only one."""
+    return states[0].unsqueeze(0) if len(states) == 1 else torch.stack(states)
 
 
 def _reordered(batch_first: Tensor, states: tuple[Tensor, ...], order: Tensor):
