@@ -107,8 +107,8 @@ class StackedRecurrent(nn.Module):
             output = pack_padded_sequence(output, given_lengths, batch_first=True, enforce_sorted=False)
         elif not self.batch_first:
             output = output.transpose(0, 1).contiguous()  # (T, B, F), as nn.LSTM returns it
-        # batch-first, the output is left as the layers wrote it, time-major seen batch-first
-        # (nn.LSTM's own strides): a contiguous copy would cost a pass over it both ways
+        # batch-first, the output stays as the layers wrote it (one direction's is time-major seen
+        # batch-first, as nn.LSTM's is): a contiguous copy would cost a pass over it both ways
         return output, (state if self.state_size > 1 else state[0])
 
     def _run_layers(self, input: Tensor, initial: tuple[Tensor, ...], lengths: Tensor | None):
