@@ -73,7 +73,7 @@ def size_paths(request, monkeypatch):
 
     Large inputs take other routes than small ones: float32 CPU products through oneDNN with the
     recurrent weight reordered once, the gates written into a lent buffer, and the input
-    projection taken a block of steps at a time.
+    projection and the backward pass's local derivatives taken a block of steps at a time.
     """
     if request.param == "large_size_paths":
         monkeypatch.setattr(matmul, "ONEDNN_MIN_MACS", 0)
@@ -83,6 +83,8 @@ def size_paths(request, monkeypatch):
         monkeypatch.setattr(lstm_function, "FORWARD_BUFFERS_MIN_BYTES", 0)
         # the input projection a few steps at a time (2 at B=4, H=6 in float64)
         monkeypatch.setattr(matmul, "PROJECTION_BLOCK_BYTES", 2000)
+        # the local derivatives a few steps at a time (2 at B=4, H=6 in float64)
+        monkeypatch.setattr(lstm_function, "LOCAL_BLOCK_BYTES", 2000)
     return request.param
 
 
@@ -182,6 +184,25 @@ def test_batch_with_lengths_equals_each_sequence_alone(size_paths):
         assert not out[b, n:].any(), "padded steps output 0"
         alone_loss = alone_loss + out_b.sum() + h_b.sum() + c_b.sum()
     assert_all_close(batch_grads, torch.autograd.grad(alone_loss, weights))
+
+
+@pytest.mark.parametrize("sizes", [[4] * 7, [4, 4, 3, 3, 3, 1, 1]], ids=["full", "lengths"])
+def test_local_derivatives_are_taken_a_block_at_a_time_as_the_walk_back_reaches_it(sizes, monkeypatch):
+    monkeypatch.setattr(lstm_function, "LOCAL_BLOCK_BYTES", 4 * 4 * 8 * 3)  # 3 steps a block: 3, 3, 1
+    rows, hidden = sum(sizes), 2
+    acts, c_prev, sig_m = torch.rand(rows, 4 * hidden), torch.randn(rows, hidden), torch.rand(rows, hidden)
+    whole = lstm_function.LocalDerivativesAhead(acts, c_prev, sig_m, [rows])  # one block of every row
+    whole.reach(0)
+    want = whole.d_gates.clone(), whole.dh_dc.clone()
+    local = lstm_function.LocalDerivativesAhead(acts, c_prev, sig_m, sizes)
+    local.d_gates.fill_(float("nan")), local.dh_dc.fill_(float("nan"))  # reused buffers: nothing left in them
+    starts = [sum(sizes[:t]) for t in range(len(sizes) + 1)]
+    for t, block_start in zip(range(6, -1, -1), [6, 3, 3, 3, 0, 0, 0]):
+        local.reach(t)
+        filled = slice(starts[block_start], rows)  # every row of t's block and of those after it
+        torch.testing.assert_close(local.d_gates[filled], want[0][filled])
+        torch.testing.assert_close(local.dh_dc[filled], want[1][filled])
+        assert local.d_gates[: starts[block_start]].isnan().all()  # the earlier blocks not yet
 
 
 def test_fully_padded_sequence_keeps_initial_state_and_passes_its_gradient():

@@ -21,10 +21,12 @@ How it is organised:
   as one (R, ·) matrix for the products taken over the whole sequence. Inputs and outputs stay
   batch-first (B, T, ·).
 * Everything a gate's gradient needs besides the running ∂L/∂h_t and ∂L/∂c_t is known once the
-  forward pass is over, so it is computed for all steps at once: the local factors
+  forward pass is over, so it is computed for many steps at once: the local factors
   ∂c_t/∂a_{i,f,g} and ∂h_t/∂a_o, and ∂h_t/∂c_t. They are written into the (R, 4H) buffer that
   then becomes ∂L/∂a: each step multiplies its slice in place by ∂L/∂c_t (gates i, f, g, which
-  are adjacent) or by ∂L/∂h_t (gate o). That leaves four elementwise operations per step.
+  are adjacent) or by ∂L/∂h_t (gate o). That leaves four elementwise operations per step. They
+  are taken a block of steps at a time, just before the walk back reaches the block
+  (:class:`LocalDerivativesAhead`), so that its steps find them still in cache.
 * Walking back, the rows of the sequences that ended at step t join in there, carrying the
   gradients of their final states ∂L/∂h_T, ∂L/∂c_T.
 * The weight, bias and input gradients are sums over all steps, so they are taken once at the
@@ -51,7 +53,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .matmul import ProjectionAhead, StepWeight, matmul_t, sum_of_outer_products
+from .matmul import ProjectionAhead, StepWeight, matmul_t, row_starts, steps_per_block, sum_of_outer_products
 from .scratch import Lease, borrow, scratch
 from .variable_length import RunningRows
 
@@ -115,11 +117,11 @@ class LSTMDirection(torch.autograd.Function):
         running = ctx.running
         previous = scratch("previous", sig_m.shape, sig_m)  # c_{t-1} for each row
         c_prev = torch.mul(running.previous(m_all, out=previous), -0.5, out=previous)  # c_{t-1} = −½ (−2c_{t-1})
-        d_gates, dh_dc, forget = _local_derivatives(acts, c_prev, sig_m)
+        local = LocalDerivativesAhead(acts, c_prev, sig_m, running.sizes)  # taken as the walk back comes
         d_out = running.per_step_of_padded(d_out)  # ∂L/∂out_t, (n_t, H) each
-        d_h0, d_c0 = _run_backward(d_gates, dh_dc, forget, d_out, d_h_last, d_c_last, w_hh, running, need_h0)
+        d_h0, d_c0 = _run_backward(local, d_out, d_h_last, d_c_last, w_hh, running, need_h0)
 
-        d_rows = d_gates  # ∂L/∂a for all R rows, (R, 4H)
+        d_rows = local.d_gates  # ∂L/∂a for all R rows, (R, 4H)
         d_x = running.padded(matmul_t(d_rows, w_ih.t())) if need_x else None  # ∂L/∂x_t = ∂L/∂a_t W_ih
         # ∂L/∂W_ih = Σ_t ∂L/∂a_tᵀ x_t,  ∂L/∂W_hh = Σ_t ∂L/∂a_tᵀ h_{t-1},  ∂L/∂b_ih = ∂L/∂b_hh = Σ_t ∂L/∂a_t
         d_w_ih = sum_of_outer_products(d_rows, x_rows) if need_w_ih else None
@@ -238,32 +240,57 @@ def _final_states(h: Tensor, m: Tensor, h0: Tensor, c0: Tensor, running: Running
 # ---------------------------------------------------------------------------------- backward
 
 
-def _local_derivatives(acts: Tensor, c_prev: Tensor, sig_m: Tensor):
-    """Derivatives that only need forward values, for all rows at once.
+LOCAL_BLOCK_BYTES = 2 << 20  # the local derivatives are taken this much (of ∂L/∂a) at a time
 
-    acts holds (i_t, f_t, σ(2a_g), o_t) per row, sig_m σ(−2c_t). Returns the (R, 4H) buffer
-    that the backward loop turns into ∂L/∂a in place, holding for now (∂c_t/∂a_i, ∂c_t/∂a_f,
-    ∂c_t/∂a_g, ∂h_t/∂a_o); ∂h_t/∂c_t (R, H); and f_t (R, H).
+
+class LocalDerivativesAhead:
+    """Derivatives that only need forward values, taken a block of steps at a time, each block
+    just before the walk back reaches it, so that its steps find them still in the CPU's cache.
+
+    acts holds (i_t, f_t, σ(2a_g), o_t) per row, sig_m σ(−2c_t), c_prev c_{t-1}. ``reach(t)``
+    (t = T−1, T−2, ... in turn) fills, for the rows of t's block: ``d_gates`` (R, 4H), the
+    buffer that the backward loop turns into ∂L/∂a in place, holding for now (∂c_t/∂a_i,
+    ∂c_t/∂a_f, ∂c_t/∂a_g, ∂h_t/∂a_o); and ``dh_dc``, ∂h_t/∂c_t (R, H). ``forget`` is f_t (R, H).
     """
+
+    def __init__(self, acts: Tensor, c_prev: Tensor, sig_m: Tensor, sizes: list[int]) -> None:
+        self._acts, self._c_prev, self._sig_m = acts, c_prev, sig_m
+        self.d_gates = scratch("d_gates", acts.shape, acts)
+        self.dh_dc = scratch("dh_dc", sig_m.shape, sig_m)
+        self._g = scratch("g", sig_m.shape, sig_m)
+        self.forget = acts[:, sig_m.shape[1] : 2 * sig_m.shape[1]]
+        self._steps = steps_per_block(sizes, acts.shape[1] * acts.element_size(), acts, LOCAL_BLOCK_BYTES)
+        self._starts = row_starts(sizes)
+
+    def reach(self, t: int) -> None:
+        """Fill the rows of t's block if t is its last step (the first the walk back reaches)."""
+        if t == len(self._starts) - 2 or (t + 1) % self._steps == 0:
+            rows = slice(self._starts[t - t % self._steps], self._starts[t + 1])
+            buffers = (self._acts, self._c_prev, self._sig_m, self._g, self.d_gates, self.dh_dc)
+            _local_derivatives(*(buffer[rows] for buffer in buffers))
+
+
+def _local_derivatives(acts: Tensor, c_prev: Tensor, sig_m: Tensor, g: Tensor, local: Tensor, dh_dc: Tensor) -> None:
+    """Fill g with g_t, local with (∂c_t/∂a_i, ∂c_t/∂a_f, ∂c_t/∂a_g, ∂h_t/∂a_o), and dh_dc with
+    ∂h_t/∂c_t for the given rows (see :class:`LocalDerivativesAhead`)."""
     i, f, s, o = acts.chunk(4, 1)
-    g = torch.mul(s, 2, out=scratch("g", s.shape, s)).sub_(1)  # g_t = tanh(a_g) = 2σ(2a_g) − 1
-    local = scratch("d_gates", acts.shape, acts)
+    torch.mul(s, 2, out=g).sub_(1)  # g_t = tanh(a_g) = 2σ(2a_g) − 1
     d_i, d_f, d_g, d_o = local.chunk(4, 1)
     _sigmoid_backward.grad_input(g, i, grad_input=d_i)  # ∂c_t/∂a_i = g_t ⊙ σ'(a_i), σ' = σ(1−σ)
     _sigmoid_backward.grad_input(c_prev, f, grad_input=d_f)  # ∂c_t/∂a_f = c_{t-1} ⊙ f_t(1−f_t)
     _tanh_backward.grad_input(i, g, grad_input=d_g)  # ∂c_t/∂a_g = i_t ⊙ tanh'(a_g), tanh' = 1−tanh²
     tanh_c = torch.mul(sig_m, -2, out=d_o).add_(1)  # tanh(c_t) = 1 − 2σ(−2c_t), in d_o's place for now
-    dh_dc = _tanh_backward.grad_input(o, tanh_c, grad_input=scratch("dh_dc", sig_m.shape, sig_m))  # ∂h_t/∂c_t = o_t ⊙ (1 − tanh²(c_t))
+    _tanh_backward.grad_input(o, tanh_c, grad_input=dh_dc)  # ∂h_t/∂c_t = o_t ⊙ (1 − tanh²(c_t))
     _sigmoid_backward.grad_input(tanh_c, o, grad_input=d_o)  # ∂h_t/∂a_o = tanh(c_t) ⊙ o_t(1−o_t)
-    return local, dh_dc, f
 
 
-def _run_backward(d_gates, dh_dc, forget, d_out, d_h_last, d_c_last, w_hh, running, need_h0):
-    """Walk the steps from the last down to the first, turning d_gates into ∂L/∂a_t in place.
+def _run_backward(local, d_out, d_h_last, d_c_last, w_hh, running, need_h0):
+    """Walk the steps from the last down to the first, turning local.d_gates into ∂L/∂a_t in place.
 
     d_out: ∂L/∂out_t (n_t, H) for each step.
     Returns (∂L/∂h_0, ∂L/∂c_0), (B, H) each; ∂L/∂h_0 is None unless need_h0.
     """
+    d_gates, dh_dc, forget = local.d_gates, local.dh_dc, local.forget
     hidden, sizes = dh_dc.shape[1], running.sizes
     d_a = running.per_step(d_gates)  # per-step (n_t, 4H) views
     d_ifg = running.per_step(d_gates[:, : 3 * hidden].unflatten(1, (3, hidden)))  # (n_t, 3, H): i, f, g
@@ -276,6 +303,7 @@ def _run_backward(d_gates, dh_dc, forget, d_out, d_h_last, d_c_last, w_hh, runni
     d_c = d_c_last[:n].clone(memory_format=torch.contiguous_format)  # ∂L/∂c_T
     d_c_each_gate = d_c.unsqueeze(1)  # (n, 1, H) view, broadcast over i, f, g
     for t in reversed(range(len(sizes))):
+        local.reach(t)
         d_o[t].mul_(d_h)  # ∂L/∂a_o = ∂L/∂h_t ⊙ tanh(c_t) ⊙ σ'(a_o)
         d_c.addcmul_(d_h, dh_dc[t])  # ∂L/∂c_t += ∂L/∂h_t ⊙ o_t ⊙ (1 − tanh²(c_t))
         d_ifg[t].mul_(d_c_each_gate)  # ∂L/∂a_i,f,g = ∂L/∂c_t ⊙ (g_t σ'(a_i), c_{t-1} σ'(a_f), i_t tanh'(a_g))

@@ -173,12 +173,21 @@ class StepWeight:
         return self._transposed
 
 
-def _row_starts(sizes: list[int]) -> list[int]:
+def row_starts(sizes: list[int]) -> list[int]:
     """The first row of each step among a sequence's rows (step t has sizes[t]), then R."""
     starts = [0]
     for n in sizes:
         starts.append(starts[-1] + n)
     return starts
+
+
+def steps_per_block(sizes: list[int], row_bytes: int, like: Tensor, block_bytes: int) -> int:
+    """How many steps of a sequence make a block of about ``block_bytes`` when each of its rows
+    takes ``row_bytes`` (counting the longest step's rows), for work taken a block at a time
+    while it fits in the CPU's cache; off the CPU the whole sequence is one block."""
+    if like.device.type != "cpu":
+        return max(len(sizes), 1)
+    return max(1, block_bytes // max(max(sizes, default=0) * row_bytes, 1))
 
 
 PROJECTION_BLOCK_BYTES = 2 << 20  # W x + b taken this much at a time, just ahead of the steps that read it
@@ -197,10 +206,8 @@ class ProjectionAhead:
 
     def __init__(self, x_rows: Tensor, w: Tensor, bias: Tensor | None, sizes: list[int]) -> None:
         self._x_rows, self._bias, self._sizes = x_rows, bias, sizes
-        step_bytes = max(sizes, default=0) * w.shape[0] * x_rows.element_size()
-        cpu = x_rows.device.type == "cpu"
-        self._steps = max(1, PROJECTION_BLOCK_BYTES // max(step_bytes, 1)) if cpu else max(len(sizes), 1)
-        self._starts = _row_starts(sizes)
+        self._steps = steps_per_block(sizes, w.shape[0] * x_rows.element_size(), x_rows, PROJECTION_BLOCK_BYTES)
+        self._starts = row_starts(sizes)
         blocks = math.ceil(len(sizes) / self._steps)
         self._weight = StepWeight(w, min(self._steps * max(sizes, default=0), x_rows.shape[0]), steps=blocks)
         self._block: tuple[Tensor, ...] = ()  # the current block of W x + b, split into its steps
@@ -285,7 +292,7 @@ class _GateGradients:
 
     def __init__(self, sizes: list[int], gates: int) -> None:
         self._sizes, self._gates = sizes, gates
-        self._starts = _row_starts(sizes)
+        self._starts = row_starts(sizes)
         self._buffer: Tensor | None = None
         self._written = [False] * len(sizes)
 
