@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from lstmlab.models import lstm_function, matmul
-from lstmlab.models.lstm_function import lstm_direction_manual
+from lstmlab.models.lstm_function import LocalDerivativesAhead, lstm_direction_manual
+from lstmlab.models.variable_length import RunningRows
 
 F64 = torch.float64
 TOL = dict(rtol=0, atol=1e-10)
@@ -186,23 +187,24 @@ def test_batch_with_lengths_equals_each_sequence_alone(size_paths):
     assert_all_close(batch_grads, torch.autograd.grad(alone_loss, weights))
 
 
-@pytest.mark.parametrize("sizes", [[4] * 7, [4, 4, 3, 3, 3, 1, 1]], ids=["full", "lengths"])
-def test_local_derivatives_are_taken_a_block_at_a_time_as_the_walk_back_reaches_it(sizes, monkeypatch):
-    monkeypatch.setattr(lstm_function, "LOCAL_BLOCK_BYTES", 4 * 4 * 8 * 3)  # 3 steps a block: 3, 3, 1
-    rows, hidden = sum(sizes), 2
-    acts, c_prev, sig_m = torch.rand(rows, 4 * hidden), torch.randn(rows, hidden), torch.rand(rows, hidden)
-    whole = lstm_function.LocalDerivativesAhead(acts, c_prev, sig_m, [rows])  # one block of every row
-    whole.reach(0)
+@pytest.mark.parametrize("lengths", [None, torch.tensor([7, 5, 5, 2])], ids=["full", "lengths"])
+def test_local_derivatives_are_taken_a_block_at_a_time_as_the_walk_back_reaches_it(lengths, monkeypatch):
+    running = RunningRows(4, 7, lengths)  # steps of 4 rows, or of 4, 4, 3, 3, 3, 1, 1
+    rows, hidden = sum(running.sizes), 2
+    acts, m_all, sig_m = torch.rand(rows, 4 * hidden), torch.randn(4 + rows, hidden), torch.rand(rows, hidden)
+    whole = LocalDerivativesAhead(acts, m_all, sig_m, running)  # 2 MB a block: every row at once
+    whole.reach(6)
     want = whole.d_gates.clone(), whole.dh_dc.clone()
-    local = lstm_function.LocalDerivativesAhead(acts, c_prev, sig_m, sizes)
-    local.d_gates.fill_(float("nan")), local.dh_dc.fill_(float("nan"))  # reused buffers: nothing left in them
-    starts = [sum(sizes[:t]) for t in range(len(sizes) + 1)]
+    monkeypatch.setattr(lstm_function, "LOCAL_BLOCK_BYTES", 4 * 4 * 8 * 3)  # 3 steps a block: 3, 3, 1
+    local = LocalDerivativesAhead(acts, m_all, sig_m, running)
+    local.d_gates[:, :hidden].fill_(float("nan")), local.dh_dc.fill_(float("nan"))
+    starts = [sum(running.sizes[:t]) for t in range(8)]
     for t, block_start in zip(range(6, -1, -1), [6, 3, 3, 3, 0, 0, 0]):
         local.reach(t)
         filled = slice(starts[block_start], rows)  # every row of t's block and of those after it
         torch.testing.assert_close(local.d_gates[filled], want[0][filled])
         torch.testing.assert_close(local.dh_dc[filled], want[1][filled])
-        assert local.d_gates[: starts[block_start]].isnan().all()  # the earlier blocks not yet
+        assert local.d_gates[: starts[block_start], :hidden].isnan().all()  # the earlier blocks not yet
 
 
 def test_fully_padded_sequence_keeps_initial_state_and_passes_its_gradient():

@@ -115,9 +115,7 @@ class LSTMDirection(torch.autograd.Function):
         x_rows, w_ih, w_hh, acts, m_all, sig_m, h_all = ctx.saved_tensors
         need_x, need_h0, need_c0, need_w_ih, need_w_hh, need_b_ih, need_b_hh, _ = ctx.needs_input_grad
         running = ctx.running
-        previous = scratch("previous", sig_m.shape, sig_m)  # c_{t-1} for each row
-        c_prev = torch.mul(running.previous(m_all, out=previous), -0.5, out=previous)  # c_{t-1} = −½ (−2c_{t-1})
-        local = LocalDerivativesAhead(acts, c_prev, sig_m, running.sizes)  # taken as the walk back comes
+        local = LocalDerivativesAhead(acts, m_all, sig_m, running)  # taken as the walk back comes
         d_out = running.per_step_of_padded(d_out)  # ∂L/∂out_t, (n_t, H) each
         d_h0, d_c0 = _run_backward(local, d_out, d_h_last, d_c_last, w_hh, running, need_h0)
 
@@ -247,41 +245,49 @@ class LocalDerivativesAhead:
     """Derivatives that only need forward values, taken a block of steps at a time, each block
     just before the walk back reaches it, so that its steps find them still in the CPU's cache.
 
-    acts holds (i_t, f_t, σ(2a_g), o_t) per row, sig_m σ(−2c_t), c_prev c_{t-1}. ``reach(t)``
-    (t = T−1, T−2, ... in turn) fills, for the rows of t's block: ``d_gates`` (R, 4H), the
-    buffer that the backward loop turns into ∂L/∂a in place, holding for now (∂c_t/∂a_i,
-    ∂c_t/∂a_f, ∂c_t/∂a_g, ∂h_t/∂a_o); and ``dh_dc``, ∂h_t/∂c_t (R, H). ``forget`` is f_t (R, H).
+    acts holds (i_t, f_t, σ(2a_g), o_t) per row, m_all −2c_t after −2c_0, sig_m σ(−2c_t).
+    ``reach(t)`` (t = T−1, T−2, ... in turn) fills, for the rows of t's block: ``d_gates``
+    (R, 4H), the buffer that the backward loop turns into ∂L/∂a in place, holding for now
+    (∂c_t/∂a_i, ∂c_t/∂a_f, ∂c_t/∂a_g, ∂h_t/∂a_o); and ``dh_dc``, ∂h_t/∂c_t (R, H). ``forget``
+    is f_t (R, H).
     """
 
-    def __init__(self, acts: Tensor, c_prev: Tensor, sig_m: Tensor, sizes: list[int]) -> None:
-        self._acts, self._c_prev, self._sig_m = acts, c_prev, sig_m
+    def __init__(self, acts: Tensor, m_all: Tensor, sig_m: Tensor, running: RunningRows) -> None:
+        self._acts, self._sig_m, hidden = acts, sig_m, sig_m.shape[1]
         self.d_gates = scratch("d_gates", acts.shape, acts)
         self.dh_dc = scratch("dh_dc", sig_m.shape, sig_m)
-        self._g = scratch("g", sig_m.shape, sig_m)
-        self.forget = acts[:, sig_m.shape[1] : 2 * sig_m.shape[1]]
-        self._steps = steps_per_block(sizes, acts.shape[1] * acts.element_size(), acts, LOCAL_BLOCK_BYTES)
-        self._starts = row_starts(sizes)
+        self.forget = acts[:, hidden : 2 * hidden]
+        # c_{t-1} = −½ (−2c_{t-1}) of every row, in the place of ∂c_t/∂a_f, of which it is the factor
+        previous = running.previous(m_all, out=scratch("previous", sig_m.shape, sig_m))
+        torch.mul(previous, -0.5, out=self.d_gates[:, hidden : 2 * hidden])
+        self._steps = steps_per_block(running.sizes, acts.shape[1] * acts.element_size(), acts, LOCAL_BLOCK_BYTES)
+        self._starts = row_starts(running.sizes)
 
     def reach(self, t: int) -> None:
         """Fill the rows of t's block if t is its last step (the first the walk back reaches)."""
         if t == len(self._starts) - 2 or (t + 1) % self._steps == 0:
             rows = slice(self._starts[t - t % self._steps], self._starts[t + 1])
-            buffers = (self._acts, self._c_prev, self._sig_m, self._g, self.d_gates, self.dh_dc)
-            _local_derivatives(*(buffer[rows] for buffer in buffers))
+            _local_derivatives(self._acts[rows], self._sig_m[rows], self.d_gates[rows], self.dh_dc[rows])
 
 
-def _local_derivatives(acts: Tensor, c_prev: Tensor, sig_m: Tensor, g: Tensor, local: Tensor, dh_dc: Tensor) -> None:
-    """Fill g with g_t, local with (∂c_t/∂a_i, ∂c_t/∂a_f, ∂c_t/∂a_g, ∂h_t/∂a_o), and dh_dc with
-    ∂h_t/∂c_t for the given rows (see :class:`LocalDerivativesAhead`)."""
-    i, f, s, o = acts.chunk(4, 1)
-    torch.mul(s, 2, out=g).sub_(1)  # g_t = tanh(a_g) = 2σ(2a_g) − 1
-    d_i, d_f, d_g, d_o = local.chunk(4, 1)
-    _sigmoid_backward.grad_input(g, i, grad_input=d_i)  # ∂c_t/∂a_i = g_t ⊙ σ'(a_i), σ' = σ(1−σ)
-    _sigmoid_backward.grad_input(c_prev, f, grad_input=d_f)  # ∂c_t/∂a_f = c_{t-1} ⊙ f_t(1−f_t)
-    _tanh_backward.grad_input(i, g, grad_input=d_g)  # ∂c_t/∂a_g = i_t ⊙ tanh'(a_g), tanh' = 1−tanh²
-    tanh_c = torch.mul(sig_m, -2, out=d_o).add_(1)  # tanh(c_t) = 1 − 2σ(−2c_t), in d_o's place for now
-    _tanh_backward.grad_input(o, tanh_c, grad_input=dh_dc)  # ∂h_t/∂c_t = o_t ⊙ (1 − tanh²(c_t))
-    _sigmoid_backward.grad_input(tanh_c, o, grad_input=d_o)  # ∂h_t/∂a_o = tanh(c_t) ⊙ o_t(1−o_t)
+def _local_derivatives(acts: Tensor, sig_m: Tensor, local: Tensor, dh_dc: Tensor) -> None:
+    """Turn local, holding c_{t-1} in its second quarter, into (∂c_t/∂a_i, ∂c_t/∂a_f,
+    ∂c_t/∂a_g, ∂h_t/∂a_o), and fill dh_dc with ∂h_t/∂c_t, for the given rows.
+
+    Each gate's derivative is a factor times that gate's σ' = σ(1 − σ), so the factors go into
+    local first and one σ' call over all four gates does the rest, as one σ call gave all four
+    gates forward. For g, σ(2a_g) = s_t is what was kept: tanh'(a_g) = 1 − g_t² = 4 s_t(1 − s_t).
+    """
+    hidden = dh_dc.shape[1]
+    i, _, s, o = acts.split(hidden, 1)
+    for_i, _, for_g, for_o = local.split(hidden, 1)  # the factors (c_{t-1} is in place already)
+    torch.mul(s, 2, out=for_i).sub_(1)  # g_t = tanh(a_g) = 2σ(2a_g) − 1
+    torch.mul(i, 4, out=for_g)  # 4 i_t
+    torch.mul(sig_m, -2, out=for_o).add_(1)  # tanh(c_t) = 1 − 2σ(−2c_t)
+    _tanh_backward.grad_input(o, for_o, grad_input=dh_dc)  # ∂h_t/∂c_t = o_t ⊙ (1 − tanh²(c_t))
+    # ∂c_t/∂a_i = g_t ⊙ σ'(a_i),  ∂c_t/∂a_f = c_{t-1} ⊙ σ'(a_f),
+    # ∂c_t/∂a_g = i_t ⊙ tanh'(a_g) = 4 i_t ⊙ σ'(2a_g),  ∂h_t/∂a_o = tanh(c_t) ⊙ σ'(a_o):
+    _sigmoid_backward.grad_input(local, acts, grad_input=local)
 
 
 def _run_backward(local, d_out, d_h_last, d_c_last, w_hh, running, need_h0):
