@@ -164,7 +164,10 @@ class StepWeight:
 
     def _onednn_step(self, h: Tensor, other: Tensor | None) -> Tensor:
         h = h.contiguous()
-        return _onednn(h, self.w) if other is None else _ONEDNN_LINEAR.binary(h, other.contiguous(), self.w, None, "add")
+        if other is None or not other.is_contiguous():  # oneDNN fuses the sum only of a contiguous one
+            product = _onednn(h, self.w)
+            return product if other is None else product.add_(other)
+        return _ONEDNN_LINEAR.binary(h, other, self.w, None, "add")
 
     def transposed(self) -> StepWeight:
         """The same weight prepared for products with wᵀ (made once, when first asked for)."""
