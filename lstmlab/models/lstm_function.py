@@ -22,10 +22,11 @@ How it is organised:
   batch-first (B, T, ·).
 * Everything a gate's gradient needs besides the running ∂L/∂h_t and ∂L/∂c_t is known once the
   forward pass is over, so it is computed for many steps at once: the local factors
-  ∂c_t/∂a_{i,f,g} and ∂h_t/∂a_o, and ∂h_t/∂c_t. They are written into the (R, 4H) buffer that
-  then becomes ∂L/∂a: each step multiplies its slice in place by ∂L/∂c_t (gates i, f, g, which
-  are adjacent) or by ∂L/∂h_t (gate o). That leaves four elementwise operations per step. They
-  are taken a block of steps at a time, just before the walk back reaches the block
+  ∂c_t/∂a_{i,f,g} and ∂h_t/∂a_o (one σ' call over all four gates, as one σ call gave them
+  forward), and ∂h_t/∂c_t. They are written into the (R, 4H) buffer that then becomes ∂L/∂a:
+  each step multiplies its slice in place by ∂L/∂c_t (gates i, f, g, which are adjacent) or by
+  ∂L/∂h_t (gate o). That leaves four elementwise operations per step. The local factors are
+  taken a block of steps at a time, just before the walk back reaches the block
   (:class:`LocalDerivativesAhead`), so that its steps find them still in cache.
 * Walking back, the rows of the sequences that ended at step t join in there, carrying the
   gradients of their final states ∂L/∂h_T, ∂L/∂c_T.
@@ -39,7 +40,7 @@ How it is organised:
   without forming g_t. The cell state is kept as −2c_t, so that tanh(c_t) = 1 − 2σ(−2c_t) is
   one σ call and h_t = o_t − 2 o_t ⊙ σ(−2c_t) one more (σ also costs ATen several times less per
   element than tanh); −2c_t is exactly c_t scaled, and the backward pass turns it back into
-  c_{t-1} and tanh(c_t) for all rows at once.
+  c_{t-1} and tanh(c_t) for many rows at once.
 * W_ih x_t + b is taken a block of steps at a time, just ahead of the steps that read it
   (:class:`~lstmlab.models.matmul.ProjectionAhead`), while it is still in cache.
 * Speed on CPU: large float32 products go through oneDNN (see :mod:`lstmlab.models.matmul`); and
@@ -198,7 +199,7 @@ def _run_forward(projection, gates, h, m, sig_m, h0, m0, w_hh, running):
     Fills the (R, H) buffers h (h_t), m (m_t = −2c_t) and sig_m (σ(m_t)) in place, from h_0 and
     m_0 = −2c_0. One σ call covers the whole row of gates: the g rows of gates and w_hh are
     doubled (see forward_weights), so the g slot gets σ(2a_g), and i_t ⊙ g_t = i_t ⊙ (2σ(2a_g) − 1)
-    goes into c_t without g_t ever being formed (the backward pass forms it for all rows at
+    goes into c_t without g_t ever being formed (the backward pass forms it for many rows at
     once). tanh(c_t) is not formed either: with the cell state kept as m_t = −2c_t,
     tanh(c_t) = 1 − 2σ(m_t), so h_t = o_t − 2 o_t ⊙ σ(m_t) is one σ and one addcmul.
     """
