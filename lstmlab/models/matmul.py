@@ -90,9 +90,9 @@ def matmul_t(a: Tensor, w: Tensor, bias: Tensor | None = None, out: Tensor | Non
     """
     if use_onednn(a, a.shape[0], w.shape[1], w.shape[0]):
         a = a.contiguous()
-        w = _reordered(w, min(a.shape[0], ROWS_PER_CHUNK))  # once, for all the chunks
-        if out is None:
+        if out is None:  # one product: oneDNN lays w out for it itself (a transposed view too, uncopied)
             return _onednn(a, w, bias)
+        w = _reordered(w, min(a.shape[0], ROWS_PER_CHUNK))  # once, for all the chunks
         for start in range(0, a.shape[0], ROWS_PER_CHUNK):
             out[start : start + ROWS_PER_CHUNK].copy_(_onednn(a[start : start + ROWS_PER_CHUNK], w, bias))
         return out
