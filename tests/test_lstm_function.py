@@ -197,14 +197,14 @@ def test_local_derivatives_are_taken_a_block_at_a_time_as_the_walk_back_reaches_
     want = whole.d_gates.clone(), whole.dh_dc.clone()
     monkeypatch.setattr(lstm_function, "LOCAL_BLOCK_BYTES", 4 * 4 * 8 * 3)  # 3 steps a block: 3, 3, 1
     local = LocalDerivativesAhead(acts, m_all, sig_m, running)
-    local.d_gates[:, :hidden].fill_(float("nan")), local.dh_dc.fill_(float("nan"))
+    local.d_gates.fill_(float("nan")), local.dh_dc.fill_(float("nan"))
     starts = [sum(running.sizes[:t]) for t in range(8)]
     for t, block_start in zip(range(6, -1, -1), [6, 3, 3, 3, 0, 0, 0]):
         local.reach(t)
         filled = slice(starts[block_start], rows)  # every row of t's block and of those after it
         torch.testing.assert_close(local.d_gates[filled], want[0][filled])
         torch.testing.assert_close(local.dh_dc[filled], want[1][filled])
-        assert local.d_gates[: starts[block_start], :hidden].isnan().all()  # the earlier blocks not yet
+        assert local.d_gates[: starts[block_start]].isnan().all()  # the earlier blocks not yet
 
 
 def test_fully_padded_sequence_keeps_initial_state_and_passes_its_gradient():

@@ -258,9 +258,7 @@ class LocalDerivativesAhead:
         self.d_gates = scratch("d_gates", acts.shape, acts)
         self.dh_dc = scratch("dh_dc", sig_m.shape, sig_m)
         self.forget = acts[:, hidden : 2 * hidden]
-        # c_{t-1} = −½ (−2c_{t-1}) of every row, in the place of ∂c_t/∂a_f, of which it is the factor
-        previous = running.previous(m_all, out=scratch("previous", sig_m.shape, sig_m))
-        torch.mul(previous, -0.5, out=self.d_gates[:, hidden : 2 * hidden])
+        self._m_prev = running.previous(m_all, out=scratch("previous", sig_m.shape, sig_m))  # −2c_{t-1} of each row
         self._steps = steps_per_block(running.sizes, acts.shape[1] * acts.element_size(), acts, LOCAL_BLOCK_BYTES)
         self._starts = row_starts(running.sizes)
 
@@ -268,12 +266,13 @@ class LocalDerivativesAhead:
         """Fill the rows of t's block if t is its last step (the first the walk back reaches)."""
         if t == len(self._starts) - 2 or (t + 1) % self._steps == 0:
             rows = slice(self._starts[t - t % self._steps], self._starts[t + 1])
-            _local_derivatives(self._acts[rows], self._sig_m[rows], self.d_gates[rows], self.dh_dc[rows])
+            buffers = (self._acts, self._m_prev, self._sig_m, self.d_gates, self.dh_dc)
+            _local_derivatives(*(buffer[rows] for buffer in buffers))
 
 
-def _local_derivatives(acts: Tensor, sig_m: Tensor, local: Tensor, dh_dc: Tensor) -> None:
-    """Turn local, holding c_{t-1} in its second quarter, into (∂c_t/∂a_i, ∂c_t/∂a_f,
-    ∂c_t/∂a_g, ∂h_t/∂a_o), and fill dh_dc with ∂h_t/∂c_t, for the given rows.
+def _local_derivatives(acts: Tensor, m_prev: Tensor, sig_m: Tensor, local: Tensor, dh_dc: Tensor) -> None:
+    """Fill local with (∂c_t/∂a_i, ∂c_t/∂a_f, ∂c_t/∂a_g, ∂h_t/∂a_o) and dh_dc with ∂h_t/∂c_t,
+    for the given rows.
 
     Each gate's derivative is a factor times that gate's σ' = σ(1 − σ), so the factors go into
     local first and one σ' call over all four gates does the rest, as one σ call gave all four
@@ -281,8 +280,9 @@ def _local_derivatives(acts: Tensor, sig_m: Tensor, local: Tensor, dh_dc: Tensor
     """
     hidden = dh_dc.shape[1]
     i, _, s, o = acts.split(hidden, 1)
-    for_i, _, for_g, for_o = local.split(hidden, 1)  # the factors (c_{t-1} is in place already)
+    for_i, for_f, for_g, for_o = local.split(hidden, 1)  # the factors, then the derivatives
     torch.mul(s, 2, out=for_i).sub_(1)  # g_t = tanh(a_g) = 2σ(2a_g) − 1
+    torch.mul(m_prev, -0.5, out=for_f)  # c_{t-1} = −½ (−2c_{t-1})
     torch.mul(i, 4, out=for_g)  # 4 i_t
     torch.mul(sig_m, -2, out=for_o).add_(1)  # tanh(c_t) = 1 − 2σ(−2c_t)
     _tanh_backward.grad_input(o, for_o, grad_input=dh_dc)  # ∂h_t/∂c_t = o_t ⊙ (1 − tanh²(c_t))
