@@ -195,7 +195,7 @@ def test_local_derivatives_are_taken_a_block_at_a_time_as_the_walk_back_reaches_
     whole = LocalDerivativesAhead(acts, m_all, sig_m, running)  # 2 MB a block: every row at once
     whole.reach(6)
     want = whole.d_gates.clone(), whole.dh_dc.clone()
-    monkeypatch.setattr(lstm_function, "LOCAL_BLOCK_BYTES", 4 * 4 * 8 * 3)  # 3 steps a block: 3, 3, 1
+    monkeypatch.setattr(lstm_function, "LOCAL_BLOCK_BYTES", 3 * 4 * 8 * 4)  # 3 steps of 4 rows of 8 float32: 3, 3, 1
     local = LocalDerivativesAhead(acts, m_all, sig_m, running)
     local.d_gates.fill_(float("nan")), local.dh_dc.fill_(float("nan"))
     starts = [sum(running.sizes[:t]) for t in range(8)]
