@@ -102,7 +102,7 @@ class LSTMDirection(torch.autograd.Function):
         # block when all rows run; σ(−2c_t) (R, H)
         gates, m_all, sig_m = _forward_buffers(ctx, x_rows, h0, fw_ih.shape[0])
         h_all = _rows_after(h0, gates.shape[0])
-        h, (m0, m) = h_all[h0.shape[0] :], m_all.split((c0.shape[0], gates.shape[0]))
+        h, (m0, m) = h_all[h0.shape[0] :], m_all.split_with_sizes((c0.shape[0], gates.shape[0]))
         torch.mul(c0, -2, out=m0)  # −2c_0
         _run_forward(projection, gates, h, m, sig_m, h0, m0, fw_hh, running)
         h_last, c_last = _final_states(h, m, h0, c0, running)
@@ -147,7 +147,7 @@ def _forward_buffers(ctx, x_rows: Tensor, h0: Tensor, gate_rows: int) -> tuple[T
         flat = ctx.lease.tensors[0]
     else:
         flat = x_rows.new_empty(sum(sizes))
-    gates, m_all, sig_m = flat.split(sizes)
+    gates, m_all, sig_m = flat.split_with_sizes(sizes)
     return gates.view(rows, gate_rows), m_all.view(batch + rows, hidden), sig_m.view(rows, hidden)
 
 
@@ -278,9 +278,8 @@ def _local_derivatives(acts: Tensor, m_prev: Tensor, sig_m: Tensor, local: Tenso
     local first and one σ' call over all four gates does the rest, as one σ call gave all four
     gates forward. For g, σ(2a_g) = s_t is what was kept: tanh'(a_g) = 1 − g_t² = 4 s_t(1 − s_t).
     """
-    hidden = dh_dc.shape[1]
-    i, _, s, o = acts.split(hidden, 1)
-    for_i, for_f, for_g, for_o = local.split(hidden, 1)  # the factors, then the derivatives
+    i, _, s, o = acts.chunk(4, 1)
+    for_i, for_f, for_g, for_o = local.chunk(4, 1)  # the factors, then the derivatives
     torch.mul(s, 2, out=for_i).sub_(1)  # g_t = tanh(a_g) = 2σ(2a_g) − 1
     torch.mul(m_prev, -0.5, out=for_f)  # c_{t-1} = −½ (−2c_{t-1})
     torch.mul(i, 4, out=for_g)  # 4 i_t
@@ -300,7 +299,7 @@ def _run_backward(local, d_out, d_h_last, d_c_last, w_hh, running, need_h0):
     d_gates, dh_dc, forget = local.d_gates, local.dh_dc, local.forget
     hidden, sizes = dh_dc.shape[1], running.sizes
     d_a = running.per_step(d_gates)  # per-step (n_t, 4H) views
-    d_ifg = running.per_step(d_gates[:, : 3 * hidden].unflatten(1, (3, hidden)))  # (n_t, 3, H): i, f, g
+    d_ifg = running.per_step(d_gates[:, : 3 * hidden].view(-1, 3, hidden))  # (n_t, 3, H): i, f, g
     d_o = running.per_step(d_gates[:, 3 * hidden :])
     dh_dc, forget = running.per_step(dh_dc), running.per_step(forget)
     back_through_w_hh = StepWeight(w_hh.t(), max(sizes, default=0), steps=len(sizes))  # products with W_hh

@@ -221,7 +221,7 @@ class ProjectionAhead:
         if t == first:
             last = min(t + self._steps, len(self._sizes))
             block = self._weight.affine(self._x_rows[self._starts[t] : self._starts[last]], self._bias)
-            self._block = block.split(self._sizes[t:last])
+            self._block = block.split_with_sizes(self._sizes[t:last])
         return self._block[t - first]
 
 
@@ -277,7 +277,7 @@ class RecurrentProducts:
         if grad or self._ahead is None:
             self._xw = _InputProjection.apply(x_rows, w_ih, bias, w_hh, self._inputs, self._gate_grads)
         if self._ahead is None:
-            self._xw_t = self._xw.split(sizes)  # W x_t + b, (sizes[t], G) for each t
+            self._xw_t = self._xw.split_with_sizes(sizes)  # W x_t + b, (sizes[t], G) for each t
 
     def step(self, t: int, h: Tensor) -> Tensor:
         if self._plain:
