@@ -299,7 +299,7 @@ def _run_backward(local, d_out, d_h_last, d_c_last, w_hh, running, need_h0):
     d_gates, dh_dc, forget = local.d_gates, local.dh_dc, local.forget
     hidden, sizes = dh_dc.shape[1], running.sizes
     d_a = running.per_step(d_gates)  # per-step (n_t, 4H) views
-    d_ifg = running.per_step(d_gates[:, : 3 * hidden].view(-1, 3, hidden))  # (n_t, 3, H): i, f, g
+    d_ifg = running.per_step(d_gates[:, : 3 * hidden].view(d_gates.shape[0], 3, hidden))  # (n_t, 3, H): i, f, g
     d_o = running.per_step(d_gates[:, 3 * hidden :])
     dh_dc, forget = running.per_step(dh_dc), running.per_step(forget)
     back_through_w_hh = StepWeight(w_hh.t(), max(sizes, default=0), steps=len(sizes))  # products with W_hh
