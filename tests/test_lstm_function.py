@@ -198,7 +198,7 @@ def test_local_derivatives_are_taken_a_block_at_a_time_as_the_walk_back_reaches_
     monkeypatch.setattr(lstm_function, "LOCAL_BLOCK_BYTES", 3 * 4 * 8 * 4)  # 3 steps of 4 rows of 8 float32: 3, 3, 1
     local = LocalDerivativesAhead(acts, m_all, sig_m, running)
     local.d_gates.fill_(float("nan")), local.dh_dc.fill_(float("nan"))
-    starts = [sum(running.sizes[:t]) for t in range(8)]
+    starts = matmul.row_starts(running.sizes)
     for t, block_start in zip(range(6, -1, -1), [6, 3, 3, 3, 0, 0, 0]):
         local.reach(t)
         filled = slice(starts[block_start], rows)  # every row of t's block and of those after it
