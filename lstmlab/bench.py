@@ -117,18 +117,19 @@ COMPILED = "hand_lstm (autograd), torch.compile"
 COMPILE_MAX_STEPS = 16  # torch.compile unrolls the loop: longer sequences take minutes to compile
 
 
-def compiled_hand_lstm(reference: nn.LSTM, device, x, checks: list[str]) -> nn.Module | None:
+def compiled_hand_lstm(reference: nn.LSTM, device, x, checks: list[str], case: str) -> nn.Module | None:
     """HandLSTM (autograd) with the reference's weights under torch.compile, compiled here by a
-    first forward and backward pass, or None if it cannot be compiled (a line in ``checks`` says why)."""
+    first forward and backward pass, or None if it cannot be compiled (a line in ``checks``,
+    naming the case, says why)."""
     hand = hand_lstms(reference, device)["hand_lstm (autograd)"]
     compiled = torch.compile(hand, fullgraph=True)
     start = time.perf_counter()
     try:
         train_step(compiled, x)()
     except Exception as exc:  # no C++ compiler, an unsupported platform
-        checks.append(f"{COMPILED}: not run, torch.compile failed: {str(exc).strip().splitlines()[0]}")
+        checks.append(f"{case}, {COMPILED}: not run, torch.compile failed: {str(exc).strip().splitlines()[0]}")
         return None
-    checks.append(f"{COMPILED}: {time.perf_counter() - start:.1f} s to compile (once per shape; cached on disk)")
+    checks.append(f"{case}, {COMPILED}: {time.perf_counter() - start:.1f} s to compile (once per shape; cached on disk)")
     return compiled
 
 
@@ -141,15 +142,16 @@ def fixed_length_rows(name, size, args, device, checks: list[str]) -> Iterator[R
     models: dict[str, tuple[nn.Module, float]] = {"nn.LSTM": (reference, lstm_flops)}
     models |= {label: (m, lstm_flops) for label, m in hand_lstms(reference, device).items()}
     models["hand_rnn"] = (HandRNN(inputs, hidden, batch_first=True).to(device), lstm_flops / 4)
+    case = f"{name} ({batch}×{steps}, {inputs}→{hidden})"
     if args.compile and steps <= COMPILE_MAX_STEPS:
-        compiled = compiled_hand_lstm(reference, device, x, checks)
+        compiled = compiled_hand_lstm(reference, device, x, checks, case)
         if compiled is not None:
             models[COMPILED] = (compiled, lstm_flops)
     steps_of = {label: train_step(model, x) for label, (model, _) in models.items()}
     times = best_ms(steps_of, args.repeat, args.warmup, device)
     base = times["nn.LSTM"]
     for label, (_, flops) in models.items():
-        yield Row(f"{name} ({batch}×{steps}, {inputs}→{hidden})", label, times[label], steps, flops, base)
+        yield Row(case, label, times[label], steps, flops, base)
 
 
 def variable_length_rows(size, args, device, checks: list[str]) -> Iterator[Row]:

@@ -31,8 +31,9 @@ def test_short_cases_also_time_the_compiled_hand_lstm(capsys):
     finally:
         torch.set_num_threads(threads)
     printed = capsys.readouterr().out
-    compiled = [line for line in printed.splitlines() if line.startswith(bench.COMPILED)]
+    compiled = [line for line in printed.splitlines() if f", {bench.COMPILED}: " in line]
     assert len(compiled) == 1, printed  # its compile time, or why it could not compile
+    assert compiled[0].startswith("adder ("), compiled[0]  # naming the case it was compiled for
     if "torch.compile failed" not in compiled[0]:
         rows = [line.split(" | ")[1] for line in printed.splitlines() if line.startswith("| adder ")]
         assert rows[-1] == bench.COMPILED
