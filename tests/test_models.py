@@ -1,6 +1,8 @@
 """HandLSTM against torch.nn.LSTM: same weights give the same numbers, forwards and backwards."""
 
+import functools
 import itertools
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -8,7 +10,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from conftest import HAS_CPP_COMPILER
-from lstmlab.models import HandLSTM, SequenceModel
+from lstmlab.models import HandLSTM, HandRNN, LayerNormLSTM, SequenceModel
 from lstmlab.models.variable_length import RunningRows
 
 TOL = dict(rtol=0, atol=1e-10)
@@ -230,6 +232,31 @@ def test_manual_backward_matches_torch_through_stacked_layers_and_packed_input(b
     x, lengths = padded_batch([5, 2, 7, 1])
     packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
     torch.testing.assert_close(manual(packed)[1][0], reference(packed)[1][0], **TOL)
+
+
+@pytest.mark.parametrize("layer", ["hand_lstm autograd", "hand_lstm manual", "hand_rnn", "layernorm_lstm"])
+def test_running_under_inference_mode_first_leaves_training_unharmed(layer):
+    """Evaluating under torch.inference_mode, as one may with nn.LSTM, before any training step:
+    what the layers keep from call to call (reused buffers, constants) must not become inference
+    tensors, which a training step could then neither write to nor save for its backward pass."""
+    with ThreadPoolExecutor(max_workers=1) as pool:  # reused buffers are kept per thread: none yet
+        pool.submit(_infer_then_train, layer).result()
+
+
+def _infer_then_train(layer):
+    # sizes that take the CPU's reused buffers and oneDNN's products; hidden 200: no other test's
+    torch.manual_seed(0)
+    make = {"hand_lstm autograd": HandLSTM, "hand_lstm manual": functools.partial(HandLSTM, backward="manual"),
+            "hand_rnn": HandRNN, "layernorm_lstm": LayerNormLSTM}[layer]
+    model, x = make(60, 200, batch_first=True), torch.randn(8, 40, 60)
+    with torch.inference_mode():
+        expected = model(x)[0].clone()
+    x.requires_grad_(True)
+    output = model(x)[0]
+    output.sum().backward()
+    torch.testing.assert_close(output.detach(), expected)
+    assert all(p.grad is not None and not p.grad.is_inference() for p in model.parameters())
+    assert x.grad is not None and not x.grad.is_inference()
 
 
 def test_training_with_manual_backward_reaches_the_same_adder_accuracy():

@@ -180,16 +180,22 @@ def _with_g_rows_doubled(t: Tensor) -> Tensor:
     """A copy of a weight (4H, ·) or bias (4H,) with the rows of gate g (the third quarter)
     doubled, so that a σ over all four gates' pre-activations gives σ(2a_g) in the g slot.
     One multiplication: under autograd, its gradient is the upstream one with those rows doubled."""
+    if torch.compiler.is_compiling():  # a traced graph makes its own
+        return t * _g_row_scale(t)
     key = (t.shape[0], t.dim(), t.dtype, t.device)
-    cached = not torch.compiler.is_compiling()  # a traced graph makes its own
-    scale = _G_ROW_SCALES.get(key) if cached else None
+    scale = _G_ROW_SCALES.get(key)
     if scale is None:
-        hidden = t.shape[0] // 4
-        scale = torch.ones(t.shape[0], *[1] * (t.dim() - 1), dtype=t.dtype, device=t.device)
-        scale[2 * hidden : 3 * hidden] = 2
-        if cached:
-            scale = _G_ROW_SCALES.setdefault(key, scale)
+        with torch.inference_mode(False):  # kept: never an inference tensor, which autograd cannot save
+            scale = _G_ROW_SCALES.setdefault(key, _g_row_scale(t))
     return t * scale
+
+
+def _g_row_scale(t: Tensor) -> Tensor:
+    """1 on the rows of gates i, f, o and 2 on those of g, shaped to multiply t (4H, ·) or (4H,)."""
+    hidden = t.shape[0] // 4
+    scale = torch.ones(t.shape[0], *[1] * (t.dim() - 1), dtype=t.dtype, device=t.device)
+    scale[2 * hidden : 3 * hidden] = 2
+    return scale
 
 
 def _run_forward(projection, gates, h, m, sig_m, h0, m0, w_hh, running):

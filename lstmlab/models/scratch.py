@@ -29,6 +29,13 @@ def _keeps(numel: int, like: Tensor) -> bool:
     return like.device.type == "cpu" and numel * like.element_size() <= MAX_BYTES
 
 
+def _new_buffer(numel: int, like: Tensor) -> Tensor:
+    """A flat buffer to keep: a normal tensor even when first asked for under
+    ``torch.inference_mode``, whose tensors later calls with autograd could not write into."""
+    with torch.inference_mode(False):
+        return torch.empty(numel, dtype=like.dtype, device=like.device)
+
+
 def scratch(name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
     """An uninitialised tensor of ``like``'s dtype and device: one buffer per name and thread,
     for a value used and dropped within one call."""
@@ -38,7 +45,7 @@ def scratch(name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
     buffers = _local.__dict__.setdefault("named", {})
     buffer = buffers.get(name)
     if buffer is None or buffer.dtype != like.dtype or buffer.numel() < numel:
-        buffer = buffers[name] = torch.empty(numel, dtype=like.dtype)
+        buffer = buffers[name] = _new_buffer(numel, like)
     return buffer[:numel].view(shape)
 
 
@@ -56,7 +63,7 @@ def borrow(shape: tuple[int, ...], like: Tensor) -> Tensor:
     if fits:
         buffer = free.pop(min(fits, key=lambda k: free[k].numel()))
     else:
-        buffer = like.new_empty(numel + numel // 8)
+        buffer = _new_buffer(numel + numel // 8, like)
     return buffer[:numel].view(shape)
 
 
