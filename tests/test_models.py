@@ -249,19 +249,19 @@ def _infer_then_train(layer):
     make = {"hand_lstm autograd": HandLSTM, "hand_lstm manual": functools.partial(HandLSTM, backward="manual"),
             "hand_rnn": HandRNN, "layernorm_lstm": LayerNormLSTM}[layer]
     model, x = make(60, 200, batch_first=True), torch.randn(8, 40, 60)
+    state = [torch.randn(1, 8, 200) for _ in range(model.state_size)]
     with torch.inference_mode():
-        expected = model(x)[0].clone()
-    x.requires_grad_(True)
-    output = model(x)[0]
+        expected = model(x, state[0] if len(state) == 1 else tuple(state))[0].clone()
+    for t in (x, *state):
+        t.requires_grad_(True)
+    output = model(x, state[0] if len(state) == 1 else tuple(state))[0]
     output.sum().backward()
     torch.testing.assert_close(output.detach(), expected)
-    assert all(p.grad is not None and not p.grad.is_inference() for p in model.parameters())
-    assert x.grad is not None and not x.grad.is_inference()
+    grads = [p.grad for p in model.parameters()] + [t.grad for t in (x, *state)]
+    assert all(g is not None and not g.is_inference() for g in grads)  # an optimizer may update them in place
 
 
 def test_training_with_manual_backward_reaches_the_same_adder_accuracy():
-    import functools
-
     from lstmlab.tasks.adder import AdderTask
     from lstmlab.trainer import Trainer
 
@@ -294,6 +294,24 @@ def test_hand_lstm_under_torch_compile_matches_torch_in_one_graph():
     outputs, final states and gradients stay nn.LSTM's."""
     reference, hand = twin_lstms(num_layers=2, bidirectional=True, batch_first=True)
     compiled = torch.compile(hand, fullgraph=True)  # fullgraph: a graph break is an error
+    x = torch.randn(4, 3, 3, dtype=torch.float64)
+    expected, got = run_and_backprop(reference, x), run_and_backprop(compiled, x)
+    for a, b in zip(expected[:3], got[:3]):
+        torch.testing.assert_close(b, a, **TOL)
+    got_grads = {name.removeprefix("_orig_mod."): grad for name, grad in got[3].items()}  # the wrapper's prefix
+    assert got_grads.keys() == expected[3].keys()
+    for name in expected[3]:
+        torch.testing.assert_close(got_grads[name], expected[3][name], **TOL, msg=f"gradient of {name}")
+
+
+def test_manual_backward_under_torch_compile_runs_uncompiled_and_matches_torch():
+    """trainer.compile=true with model.backward=manual: the compiler leaves the hand-written
+    Function alone (a graph break) instead of failing on it. "aot_eager" runs what the compiler
+    traced without generating code, so no C++ compiler is needed."""
+    reference, _ = twin_lstms(num_layers=2, bidirectional=True, batch_first=True)
+    manual = HandLSTM(3, 5, num_layers=2, bidirectional=True, batch_first=True, backward="manual").double()
+    manual.load_state_dict(reference.state_dict())
+    compiled = torch.compile(manual, backend="aot_eager")
     x = torch.randn(4, 3, 3, dtype=torch.float64)
     expected, got = run_and_backprop(reference, x), run_and_backprop(compiled, x)
     for a, b in zip(expected[:3], got[:3]):

@@ -50,6 +50,10 @@ def lstm_direction(x, h, c, w_ih, w_hh, b_ih, b_hh, lengths=None):
     return running.padded(torch.cat(outs) if outs else x.new_zeros(0, hidden)), h, c
 
 
+# the compiler cannot trace the Function's loops (they write into preallocated buffers)
+_manual_uncompiled = torch.compiler.disable(lstm_direction_manual)
+
+
 class HandLSTM(StackedRecurrent):
     """Multi-layer, optionally bidirectional LSTM, computed step by step from the equations.
 
@@ -80,7 +84,8 @@ class HandLSTM(StackedRecurrent):
 
     def _direction_fn(self):
         if self.backward == "manual":
-            return lstm_direction_manual
+            # torch.compile leaves the hand-written Function alone: it runs as it is, uncompiled
+            return _manual_uncompiled if torch.compiler.is_compiling() else lstm_direction_manual
         return lstm_direction
 
     def extra_repr(self) -> str:
