@@ -262,6 +262,18 @@ def test_only_initial_state_requires_grad():
     assert_all_close(grads_of(got, inputs, upstream), grads_of(ref, inputs, upstream))
 
 
+@pytest.mark.parametrize("ragged", [False, True], ids=["full", "lengths"])
+def test_every_gradient_is_a_tensor_an_optimiser_can_update_in_place(ragged):
+    """Not an inference tensor (the loops run under torch.inference_mode): those refuse in-place
+    updates outside it, e.g. an optimiser's or a gradient clip's."""
+    inputs = make_inputs(3, 4, 2, 3, seed=12)
+    out, h_t, c_t = lstm_direction_manual(*inputs, torch.tensor([4, 4, 2]) if ragged else None)
+    (out.sum() + h_t.sum() + c_t.sum()).backward()
+    for t in inputs:
+        assert not t.grad.is_inference()
+        t.grad.mul_(0.5)
+
+
 def test_the_two_bias_gradients_are_separate_tensors():
     x, h0, c0, w_ih, w_hh, b_ih, b_hh = make_inputs(2, 3, 2, 3, seed=10)
     out, _, _ = lstm_direction_manual(x, h0, c0, w_ih, w_hh, b_ih, b_hh)

@@ -43,6 +43,10 @@ How it is organised:
   c_{t-1} and tanh(c_t) for many rows at once.
 * W_ih x_t + b is taken a block of steps at a time, just ahead of the steps that read it
   (:class:`~lstmlab.models.matmul.ProjectionAhead`), while it is still in cache.
+* The two loops, forward and back, run under ``torch.inference_mode``: their many small calls
+  and views then skip autograd's bookkeeping (version counters, records of views), which is a
+  few percent of a pass at small sizes. Everything they leave behind was made outside them,
+  except ∂L/∂h_0 and ∂L/∂c_0, which are copied out: a gradient must not be an inference tensor.
 * Speed on CPU: large float32 products go through oneDNN (see :mod:`lstmlab.models.matmul`); and
   the large buffers (what the forward pass saves besides h, from 1 MB; the
   backward pass's temporaries) are reused from call to call (:mod:`lstmlab.models.scratch`).
@@ -104,7 +108,8 @@ class LSTMDirection(torch.autograd.Function):
         h_all = _rows_after(h0, gates.shape[0])
         h, (m0, m) = h_all[h0.shape[0] :], m_all.split_with_sizes((c0.shape[0], gates.shape[0]))
         torch.mul(c0, -2, out=m0)  # −2c_0
-        _run_forward(projection, gates, h, m, sig_m, h0, m0, fw_hh, running)
+        with torch.inference_mode():  # the loop writes only into the buffers above (see the module docstring)
+            _run_forward(projection, gates, h, m, sig_m, h0, m0, fw_hh, running)
         h_last, c_last = _final_states(h, m, h0, c0, running)
         ctx.running = running
         ctx.save_for_backward(x_rows, w_ih, w_hh, gates, m_all, sig_m, h_all)
@@ -118,7 +123,9 @@ class LSTMDirection(torch.autograd.Function):
         running = ctx.running
         local = LocalDerivativesAhead(acts, m_all, sig_m, running)  # taken as the walk back comes
         d_out = running.per_step_of_padded(d_out)  # ∂L/∂out_t, (n_t, H) each
-        d_h0, d_c0 = _run_backward(local, d_out, d_h_last, d_c_last, w_hh, running, need_h0)
+        with torch.inference_mode():  # the walk back writes into local's buffers, and makes d_h0, d_c0
+            d_h0, d_c0 = _run_backward(local, d_out, d_h_last, d_c_last, w_hh, running, need_h0)
+        d_h0, d_c0 = (d.clone() if need else None for d, need in ((d_h0, need_h0), (d_c0, need_c0)))  # normal tensors
 
         d_rows = local.d_gates  # ∂L/∂a for all R rows, (R, 4H)
         d_x = running.padded(matmul_t(d_rows, w_ih.t())) if need_x else None  # ∂L/∂x_t = ∂L/∂a_t W_ih
@@ -128,7 +135,7 @@ class LSTMDirection(torch.autograd.Function):
         d_bias = d_rows.sum(0) if need_b_ih or need_b_hh else None
         d_b_ih = d_bias if need_b_ih else None
         d_b_hh = d_bias if need_b_hh else None
-        return d_x, d_h0, d_c0 if need_c0 else None, d_w_ih, d_w_hh, d_b_ih, d_b_hh, None
+        return d_x, d_h0, d_c0, d_w_ih, d_w_hh, d_b_ih, d_b_hh, None
 
 
 # ----------------------------------------------------------------------------------- forward
