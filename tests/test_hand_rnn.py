@@ -49,6 +49,19 @@ def test_relu_and_sequence_first_match_torch():
     assert torch.allclose(h_n, h_ref, atol=TOL, rtol=0)
 
 
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_unbatched_sequence_gives_what_torch_gives(batch_first):
+    ref, hand = pair(2, True, batch_first=batch_first)
+    x, h0 = torch.randn(6, 3, dtype=torch.float64), torch.randn(4, 5, dtype=torch.float64)  # (T, I), (L·D, H)
+    out_ref, h_ref, grads_ref = forward_backward(ref, x, h0)
+    out, h_n, grads = forward_backward(hand, x, h0)
+    assert out.shape == (6, 10) and h_n.shape == (4, 5)
+    assert torch.allclose(out, out_ref, atol=TOL, rtol=0)
+    assert torch.allclose(h_n, h_ref, atol=TOL, rtol=0)
+    for name in grads_ref:
+        assert torch.allclose(grads[name], grads_ref[name], atol=TOL, rtol=0), name
+
+
 def test_variable_lengths_equal_per_sequence_runs():
     _, hand = pair(2, True)
     lengths = torch.tensor([6, 2, 4, 1])

@@ -66,9 +66,40 @@ def test_initial_state_is_used_and_gets_gradients():
     assert not torch.allclose(zero_state, got[0])
 
 
+@pytest.mark.parametrize("backward", ["autograd", "manual"])
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_unbatched_sequence_gives_what_torch_gives(backward, batch_first):
+    """One (T, I) sequence with (layers × directions, H) states, as nn.LSTM takes it unbatched."""
+    reference, _ = twin_lstms(num_layers=2, bidirectional=True, batch_first=batch_first)
+    hand = HandLSTM(3, 5, num_layers=2, bidirectional=True, batch_first=batch_first, backward=backward).double()
+    hand.load_state_dict(reference.state_dict())
+    x = torch.randn(7, 3, dtype=torch.float64)
+    hx = (torch.randn(4, 5, dtype=torch.float64), torch.randn(4, 5, dtype=torch.float64))
+    expected, got = run_and_backprop(reference, x, hx), run_and_backprop(hand, x, hx)
+    assert got[0].shape == (7, 10) and got[1].shape == got[2].shape == (4, 5)
+    for a, b in zip(expected[:3], got[:3]):
+        torch.testing.assert_close(b, a, **TOL)
+    for name in expected[3]:
+        torch.testing.assert_close(got[3][name], expected[3][name], **TOL, msg=f"gradient of {name}")
+
+
+@pytest.mark.parametrize(
+    "x, hx, message",
+    [
+        (torch.randn(2, 3, 4, 3), None, r"input: expected 3-D \(batched\) or 2-D \(unbatched\), got shape \(2, 3, 4, 3\)"),
+        (torch.randn(4, 3), (torch.zeros(1, 1, 5), torch.zeros(1, 1, 5)), r"initial state: for an unbatched \(2-D\) input, expected 2-D"),
+    ],
+    ids=["4-D input", "batched state for unbatched input"],
+)
+def test_input_and_state_of_the_wrong_rank_are_rejected(x, hx, message):
+    with pytest.raises(ValueError, match=message):
+        HandLSTM(3, 5)(x, hx)
+
+
 def test_state_dict_loads_both_ways_with_same_names_and_shapes():
     reference = nn.LSTM(4, 6, num_layers=2, bidirectional=True)
     hand = HandLSTM(4, 6, num_layers=2, bidirectional=True)
+    hand.flatten_parameters()  # as code written for nn.LSTM may call it: nothing to do here
     assert {k: v.shape for k, v in hand.state_dict().items()} == {k: v.shape for k, v in reference.state_dict().items()}
     reference.load_state_dict(hand.state_dict())
     hand.load_state_dict(reference.state_dict())

@@ -85,8 +85,18 @@ class StackedRecurrent(nn.Module):
         raise NotImplementedError
 
     def forward(self, input, hx=None, lengths: Tensor | None = None):
-        """Like torch's forward; ``lengths`` (B,) marks the valid steps of a padded batch."""
+        """Like torch's forward; ``lengths`` (B,) marks the valid steps of a padded batch.
+
+        As in torch, an unbatched sequence (T, F) takes and gives states without the batch
+        dimension, (layers × directions, H)."""
         packed = isinstance(input, PackedSequence)
+        if not packed and input.dim() == 2:  # one unbatched sequence: run it as a batch of one
+            batch_dim = 0 if self.batch_first else 1
+            output, state = self.forward(input.unsqueeze(batch_dim), self._batch_of_one(hx), lengths)
+            state = tuple(s.squeeze(1) for s in state) if self.state_size > 1 else state.squeeze(1)
+            return output.squeeze(batch_dim), state
+        if not packed and input.dim() != 3:
+            raise ValueError(f"input: expected 3-D (batched) or 2-D (unbatched), got shape {tuple(input.shape)}")
         if packed:
             input, lengths = pad_packed_sequence(input, batch_first=True)
         elif not self.batch_first:
@@ -130,6 +140,21 @@ class StackedRecurrent(nn.Module):
             if self.dropout and self.training and layer < self.num_layers - 1:
                 layer_input = F.dropout(layer_input, self.dropout, training=True)
         return layer_input, tuple(_stacked(final) for final in finals)
+
+    def flatten_parameters(self) -> None:
+        """Nothing to do: torch's recurrent layers pack their weights for cuDNN here. Kept so that
+        code written for them, which calls it (e.g. after DataParallel), runs unchanged."""
+
+    def _batch_of_one(self, hx):
+        """An unbatched sequence's initial state (layers × directions, H) as a batch of one."""
+        if hx is None:
+            return None
+        state = tuple(hx) if self.state_size > 1 else (hx,)
+        if any(s.dim() != 2 for s in state):
+            got = ", ".join(str(tuple(s.shape)) for s in state)
+            raise ValueError(f"initial state: for an unbatched (2-D) input, expected 2-D states (layers × directions, H), got {got}")
+        state = tuple(s.unsqueeze(1) for s in state)
+        return state if self.state_size > 1 else state[0]
 
     def _initial_state(self, input: Tensor, hx, batch: int) -> tuple[Tensor, ...]:
         shape = (self.num_layers * self.num_directions, batch, self.hidden_size)
