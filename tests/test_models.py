@@ -96,6 +96,14 @@ def test_input_and_state_of_the_wrong_rank_are_rejected(x, hx, message):
         HandLSTM(3, 5)(x, hx)
 
 
+@pytest.mark.parametrize("layer", [HandLSTM, HandRNN, LayerNormLSTM])
+def test_parameters_are_made_with_the_device_and_dtype_asked_for(layer):
+    """As torch's layers take device= and dtype=; the LayerNorm parameters included."""
+    model = layer(3, 5, num_layers=2, bidirectional=True, device="cpu", dtype=torch.float64)
+    assert {(p.device.type, p.dtype) for p in model.parameters()} == {("cpu", torch.float64)}
+    assert model(torch.randn(2, 4, 3, dtype=torch.float64))[0].dtype == torch.float64
+
+
 def test_state_dict_loads_both_ways_with_same_names_and_shapes():
     reference = nn.LSTM(4, 6, num_layers=2, bidirectional=True)
     hand = HandLSTM(4, 6, num_layers=2, bidirectional=True)

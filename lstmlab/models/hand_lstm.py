@@ -75,10 +75,12 @@ class HandLSTM(StackedRecurrent):
         dropout: float = 0.0,
         bidirectional: bool = False,
         backward: str = "autograd",
+        device=None,
+        dtype=None,
     ) -> None:
         if backward not in ("autograd", "manual"):
             raise ValueError(f"backward: expected 'autograd' or 'manual', got {backward!r}")
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional)
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, device, dtype)
         self.backward = backward
         self.reset_parameters()
 

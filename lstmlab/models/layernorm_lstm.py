@@ -62,14 +62,17 @@ class LayerNormLSTM(HandLSTM):
         batch_first: bool = False,
         dropout: float = 0.0,
         bidirectional: bool = False,
+        device=None,
+        dtype=None,
     ) -> None:
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional)
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+                         device=device, dtype=dtype)
         for layer in range(num_layers):
             for direction in range(self.num_directions):
                 suffix = self._suffix(layer, direction)
                 for name, size in (("ln_gates", 4 * hidden_size), ("ln_cell", hidden_size)):
-                    self.register_parameter(f"{name}_weight{suffix}", nn.Parameter(torch.ones(size)))
-                    self.register_parameter(f"{name}_bias{suffix}", nn.Parameter(torch.zeros(size)))
+                    self.register_parameter(f"{name}_weight{suffix}", nn.Parameter(torch.empty(size, device=device, dtype=dtype)))
+                    self.register_parameter(f"{name}_bias{suffix}", nn.Parameter(torch.empty(size, device=device, dtype=dtype)))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

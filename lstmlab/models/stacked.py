@@ -44,8 +44,11 @@ class StackedRecurrent(nn.Module):
         batch_first: bool = False,
         dropout: float = 0.0,
         bidirectional: bool = False,
+        device=None,
+        dtype=None,
     ) -> None:
         super().__init__()
+        factory = {"device": device, "dtype": dtype}  # where and of what type the parameters are made, as in torch
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.num_layers = num_layers
@@ -59,11 +62,11 @@ class StackedRecurrent(nn.Module):
             layer_input = input_size if layer == 0 else hidden_size * self.num_directions
             for direction in range(self.num_directions):
                 suffix = self._suffix(layer, direction)
-                self.register_parameter(f"weight_ih{suffix}", nn.Parameter(torch.empty(rows, layer_input)))
-                self.register_parameter(f"weight_hh{suffix}", nn.Parameter(torch.empty(rows, hidden_size)))
+                self.register_parameter(f"weight_ih{suffix}", nn.Parameter(torch.empty(rows, layer_input, **factory)))
+                self.register_parameter(f"weight_hh{suffix}", nn.Parameter(torch.empty(rows, hidden_size, **factory)))
                 if bias:
-                    self.register_parameter(f"bias_ih{suffix}", nn.Parameter(torch.empty(rows)))
-                    self.register_parameter(f"bias_hh{suffix}", nn.Parameter(torch.empty(rows)))
+                    self.register_parameter(f"bias_ih{suffix}", nn.Parameter(torch.empty(rows, **factory)))
+                    self.register_parameter(f"bias_hh{suffix}", nn.Parameter(torch.empty(rows, **factory)))
 
     @staticmethod
     def _suffix(layer: int, direction: int) -> str:
