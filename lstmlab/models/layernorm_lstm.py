@@ -71,8 +71,9 @@ class LayerNormLSTM(HandLSTM):
             for direction in range(self.num_directions):
                 suffix = self._suffix(layer, direction)
                 for name, size in (("ln_gates", 4 * hidden_size), ("ln_cell", hidden_size)):
-                    self.register_parameter(f"{name}_weight{suffix}", nn.Parameter(torch.empty(size, device=device, dtype=dtype)))
-                    self.register_parameter(f"{name}_bias{suffix}", nn.Parameter(torch.empty(size, device=device, dtype=dtype)))
+                    for kind in ("weight", "bias"):  # set to 1 and 0 by reset_parameters
+                        empty = torch.empty(size, device=device, dtype=dtype)
+                        self.register_parameter(f"{name}_{kind}{suffix}", nn.Parameter(empty))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

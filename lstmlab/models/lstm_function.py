@@ -125,7 +125,8 @@ class LSTMDirection(torch.autograd.Function):
         d_out = running.per_step_of_padded(d_out)  # ∂L/∂out_t, (n_t, H) each
         with torch.inference_mode():  # the walk back writes into local's buffers, and makes d_h0, d_c0
             d_h0, d_c0 = _run_backward(local, d_out, d_h_last, d_c_last, w_hh, running, need_h0)
-        d_h0, d_c0 = (d.clone() if need else None for d, need in ((d_h0, need_h0), (d_c0, need_c0)))  # normal tensors
+        d_h0 = d_h0.clone() if need_h0 else None  # normal tensors, not inference ones
+        d_c0 = d_c0.clone() if need_c0 else None
 
         d_rows = local.d_gates  # ∂L/∂a for all R rows, (R, 4H)
         d_x = running.padded(matmul_t(d_rows, w_ih.t())) if need_x else None  # ∂L/∂x_t = ∂L/∂a_t W_ih

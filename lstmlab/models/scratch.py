@@ -30,8 +30,8 @@ def _keeps(numel: int, like: Tensor) -> bool:
 
 
 def _new_buffer(numel: int, like: Tensor) -> Tensor:
-    """A flat buffer to keep: a normal tensor even when first asked for under
-    ``torch.inference_mode``, whose tensors later calls with autograd could not write into."""
+    """A flat buffer to keep from call to call, made as a normal tensor even under
+    ``torch.inference_mode``: later calls, with autograd, could not write into an inference tensor."""
     with torch.inference_mode(False):
         return torch.empty(numel, dtype=like.dtype, device=like.device)
 
