@@ -118,7 +118,9 @@ def test_every_parameter_gets_a_gradient():
 
 def test_normalisation_changes_the_lstm():
     torch.manual_seed(0)
-    model = LayerNormLSTM(3, 4, batch_first=True).double()  # gains 1, shifts 0
+    model = LayerNormLSTM(3, 4, batch_first=True).double()
+    norms = {name: p for name, p in model.named_parameters() if name.startswith("ln_")}
+    assert len(norms) == 4 and all(torch.all(p == (1 if "_weight" in name else 0)) for name, p in norms.items())
     hand = HandLSTM(3, 4, batch_first=True).double()
     hand.load_state_dict(model.state_dict(), strict=False)
     assert set(hand.state_dict()) < set(model.state_dict())  # the LSTM weights have the same names
