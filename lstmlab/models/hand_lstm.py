@@ -59,7 +59,8 @@ class HandLSTM(StackedRecurrent):
 
     ``backward="autograd"`` lets autograd differentiate the loop; ``backward="manual"`` uses
     the hand-derived backward pass through time in :mod:`lstmlab.models.lstm_function`.
-    Under ``torch.compile`` the autograd loop traces as one graph (fixed-length batches).
+    Under ``torch.compile`` the autograd loop traces as one graph (fixed-length batches); the
+    manual backward's Function is left out of the graph and runs as it is.
     """
 
     gates = 4  # i, f, g, o
