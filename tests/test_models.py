@@ -88,12 +88,25 @@ def test_unbatched_sequence_gives_what_torch_gives(backward, batch_first):
     [
         (torch.randn(2, 3, 4, 3), None, r"input: expected 3-D \(batched\) or 2-D \(unbatched\), got shape \(2, 3, 4, 3\)"),
         (torch.randn(4, 3), (torch.zeros(1, 1, 5), torch.zeros(1, 1, 5)), r"initial state: for an unbatched \(2-D\) input, expected 2-D"),
+        (torch.randn(2, 4, 4), None, r"input: expected 3 features \(input_size\), got shape \(2, 4, 4\)"),
+        (torch.randn(2, 4, 3, dtype=torch.float64), None, r"input: expected dtype torch.float32 \(the weights'\), got torch.float64"),
+        (torch.randn(2, 4, 3), (torch.zeros(1, 4, 5, dtype=torch.float64),) * 2, r"initial state: expected dtype torch.float32"),
     ],
-    ids=["4-D input", "batched state for unbatched input"],
+    ids=["4-D input", "batched state for unbatched input", "features", "input dtype", "state dtype"],
 )
-def test_input_and_state_of_the_wrong_rank_are_rejected(x, hx, message):
+def test_input_and_state_of_the_wrong_shape_or_type_are_rejected(x, hx, message):
     with pytest.raises(ValueError, match=message):
         HandLSTM(3, 5)(x, hx)
+
+
+def test_autograd_loop_runs_under_autocast_with_an_input_of_the_lower_precision():
+    """Under torch.autocast the products cast their operands, so a bfloat16 input (another
+    autocast layer's output) is not refused for differing from the float32 weights."""
+    model, x = HandLSTM(3, 5, batch_first=True), torch.randn(2, 4, 3).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        output, _ = model(x)
+    output.float().sum().backward()
+    assert output.dtype == torch.bfloat16 and all(p.grad is not None for p in model.parameters())
 
 
 @pytest.mark.parametrize("layer", [HandLSTM, HandRNN, LayerNormLSTM])

@@ -100,6 +100,7 @@ class StackedRecurrent(nn.Module):
             return output.squeeze(batch_dim), state
         if not packed and input.dim() != 3:
             raise ValueError(f"input: expected 3-D (batched) or 2-D (unbatched), got shape {tuple(input.shape)}")
+        self._check_features(input.data if packed else input)
         if packed:
             input, lengths = pad_packed_sequence(input, batch_first=True)
         elif not self.batch_first:
@@ -159,6 +160,13 @@ class StackedRecurrent(nn.Module):
         state = tuple(s.unsqueeze(1) for s in state)
         return state if self.state_size > 1 else state[0]
 
+    def _check_features(self, input: Tensor) -> None:
+        """The last dimension is input_size, and the dtype the weights' (unless autocast casts them)."""
+        if input.shape[-1] != self.input_size:
+            raise ValueError(f"input: expected {self.input_size} features (input_size), got shape {tuple(input.shape)}")
+        if input.dtype != self.weight_ih_l0.dtype and not torch.is_autocast_enabled(input.device.type):
+            raise ValueError(f"input: expected dtype {self.weight_ih_l0.dtype} (the weights'), got {input.dtype}")
+
     def _initial_state(self, input: Tensor, hx, batch: int) -> tuple[Tensor, ...]:
         shape = (self.num_layers * self.num_directions, batch, self.hidden_size)
         if hx is None:
@@ -167,6 +175,9 @@ class StackedRecurrent(nn.Module):
         if any(s.shape != shape for s in state):
             got = ", ".join(str(tuple(s.shape)) for s in state)
             raise ValueError(f"initial state: expected {self.state_size} tensor(s) of shape {tuple(shape)}, got {got}")
+        if any(s.dtype != input.dtype for s in state) and not torch.is_autocast_enabled(input.device.type):
+            got = ", ".join(str(s.dtype) for s in state)
+            raise ValueError(f"initial state: expected dtype {input.dtype} (the input's), got {got}")
         return state
 
     def extra_repr(self) -> str:
