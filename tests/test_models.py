@@ -99,14 +99,16 @@ def test_input_and_state_of_the_wrong_shape_or_type_are_rejected(x, hx, message)
         HandLSTM(3, 5)(x, hx)
 
 
-def test_autograd_loop_runs_under_autocast_with_an_input_of_the_lower_precision():
-    """Under torch.autocast the products cast their operands, so a bfloat16 input (another
-    autocast layer's output) is not refused for differing from the float32 weights."""
-    model, x = HandLSTM(3, 5, batch_first=True), torch.randn(2, 4, 3).bfloat16()
+@pytest.mark.parametrize("backward, output_dtype", [("autograd", torch.bfloat16), ("manual", torch.float32)])
+def test_runs_under_autocast_with_an_input_of_the_lower_precision(backward, output_dtype):
+    """A bfloat16 input (another autocast layer's output) under torch.autocast: the autograd
+    loop's products cast their operands; the manual backward's Function, which autocast cannot
+    reach into, runs in the weights' float32."""
+    model, x = HandLSTM(3, 5, batch_first=True, backward=backward), torch.randn(2, 4, 3).bfloat16()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         output, _ = model(x)
     output.float().sum().backward()
-    assert output.dtype == torch.bfloat16 and all(p.grad is not None for p in model.parameters())
+    assert output.dtype == output_dtype and all(p.grad is not None for p in model.parameters())
 
 
 @pytest.mark.parametrize("layer", [HandLSTM, HandRNN, LayerNormLSTM])

@@ -89,6 +89,12 @@ def lstm_direction_manual(
     Returns out (B, T, H), h_T (B, H), c_T (B, H).
     """
     _check_shapes(x, h0, c0, w_ih, w_hh)
+    if torch.is_autocast_enabled(x.device.type):
+        # autocast cannot reach into the Function, whose buffers and products are of one dtype:
+        # it runs in the weights' (the casts of x, h0 and c0 pass their gradients back)
+        with torch.autocast(x.device.type, enabled=False):
+            x, h0, c0 = (t.to(w_ih.dtype) for t in (x, h0, c0))
+            return LSTMDirection.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, RunningRows.of(x, lengths))
     return LSTMDirection.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, RunningRows.of(x, lengths))
 
 
