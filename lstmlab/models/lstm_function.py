@@ -94,7 +94,7 @@ def lstm_direction_manual(
         # it runs in the weights' (the casts of x, h0 and c0 pass their gradients back)
         with torch.autocast(x.device.type, enabled=False):
             x, h0, c0 = (t.to(w_ih.dtype) for t in (x, h0, c0))
-            return LSTMDirection.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, RunningRows.of(x, lengths))
+            return lstm_direction_manual(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
     return LSTMDirection.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, RunningRows.of(x, lengths))
 
 
