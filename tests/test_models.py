@@ -25,6 +25,17 @@ def twin_lstms(input_size=3, hidden_size=5, **kwargs):
     return reference, hand
 
 
+def assert_same_results(got, expected):
+    """Two run_and_backprop results agree to TOL: outputs, final states and every gradient
+    (a compiled model's parameter names lose the wrapper's "_orig_mod." prefix)."""
+    for a, b in zip(expected[:3], got[:3]):
+        torch.testing.assert_close(b, a, **TOL)
+    got_grads = {name.removeprefix("_orig_mod."): grad for name, grad in got[3].items()}
+    assert got_grads.keys() == expected[3].keys()
+    for name in expected[3]:
+        torch.testing.assert_close(got_grads[name], expected[3][name], **TOL, msg=f"gradient of {name}")
+
+
 def run_and_backprop(lstm, x, hx=None):
     x = x.clone().requires_grad_(True)
     hx = None if hx is None else tuple(s.clone().requires_grad_(True) for s in hx)
@@ -47,11 +58,7 @@ def test_hand_lstm_matches_torch_outputs_states_and_gradients(num_layers, bidire
     reference, hand = twin_lstms(num_layers=num_layers, bidirectional=bidirectional, batch_first=batch_first)
     x = torch.randn(4, 7, 3, dtype=torch.float64)  # (B, T, I) or (T, B, I): both valid shapes
     expected, got = run_and_backprop(reference, x), run_and_backprop(hand, x)
-    for a, b in zip(expected[:3], got[:3]):
-        torch.testing.assert_close(b, a, **TOL)
-    assert expected[3].keys() == got[3].keys()
-    for name in expected[3]:
-        torch.testing.assert_close(got[3][name], expected[3][name], **TOL, msg=f"gradient of {name}")
+    assert_same_results(got, expected)
 
 
 def test_initial_state_is_used_and_gets_gradients():
@@ -77,10 +84,7 @@ def test_unbatched_sequence_gives_what_torch_gives(backward, batch_first):
     hx = (torch.randn(4, 5, dtype=torch.float64), torch.randn(4, 5, dtype=torch.float64))
     expected, got = run_and_backprop(reference, x, hx), run_and_backprop(hand, x, hx)
     assert got[0].shape == (7, 10) and got[1].shape == got[2].shape == (4, 5)
-    for a, b in zip(expected[:3], got[:3]):
-        torch.testing.assert_close(b, a, **TOL)
-    for name in expected[3]:
-        torch.testing.assert_close(got[3][name], expected[3][name], **TOL, msg=f"gradient of {name}")
+    assert_same_results(got, expected)
 
 
 @pytest.mark.parametrize(
@@ -279,10 +283,7 @@ def test_manual_backward_matches_torch_through_stacked_layers_and_packed_input(b
     manual.load_state_dict(reference.state_dict())
     x = torch.randn(4, 6, 3, dtype=torch.float64)
     expected, got = run_and_backprop(reference, x), run_and_backprop(manual, x)
-    for a, b in zip(expected[:3], got[:3]):
-        torch.testing.assert_close(b, a, **TOL)
-    for name in expected[3]:
-        torch.testing.assert_close(got[3][name], expected[3][name], **TOL, msg=f"gradient of {name}")
+    assert_same_results(got, expected)
     x, lengths = padded_batch([5, 2, 7, 1])
     packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
     torch.testing.assert_close(manual(packed)[1][0], reference(packed)[1][0], **TOL)
@@ -350,12 +351,7 @@ def test_hand_lstm_under_torch_compile_matches_torch_in_one_graph():
     compiled = torch.compile(hand, fullgraph=True)  # fullgraph: a graph break is an error
     x = torch.randn(4, 3, 3, dtype=torch.float64)
     expected, got = run_and_backprop(reference, x), run_and_backprop(compiled, x)
-    for a, b in zip(expected[:3], got[:3]):
-        torch.testing.assert_close(b, a, **TOL)
-    got_grads = {name.removeprefix("_orig_mod."): grad for name, grad in got[3].items()}  # the wrapper's prefix
-    assert got_grads.keys() == expected[3].keys()
-    for name in expected[3]:
-        torch.testing.assert_close(got_grads[name], expected[3][name], **TOL, msg=f"gradient of {name}")
+    assert_same_results(got, expected)
 
 
 def test_manual_backward_under_torch_compile_runs_uncompiled_and_matches_torch():
@@ -368,9 +364,4 @@ def test_manual_backward_under_torch_compile_runs_uncompiled_and_matches_torch()
     compiled = torch.compile(manual, backend="aot_eager")
     x = torch.randn(4, 3, 3, dtype=torch.float64)
     expected, got = run_and_backprop(reference, x), run_and_backprop(compiled, x)
-    for a, b in zip(expected[:3], got[:3]):
-        torch.testing.assert_close(b, a, **TOL)
-    got_grads = {name.removeprefix("_orig_mod."): grad for name, grad in got[3].items()}  # the wrapper's prefix
-    assert got_grads.keys() == expected[3].keys()
-    for name in expected[3]:
-        torch.testing.assert_close(got_grads[name], expected[3][name], **TOL, msg=f"gradient of {name}")
+    assert_same_results(got, expected)
