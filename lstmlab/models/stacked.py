@@ -96,8 +96,7 @@ class StackedRecurrent(nn.Module):
         if not packed and input.dim() == 2:  # one unbatched sequence: run it as a batch of one
             batch_dim = 0 if self.batch_first else 1
             output, state = self.forward(input.unsqueeze(batch_dim), self._batch_of_one(hx), lengths)
-            state = tuple(s.squeeze(1) for s in state) if self.state_size > 1 else state.squeeze(1)
-            return output.squeeze(batch_dim), state
+            return output.squeeze(batch_dim), self._as_hx(tuple(s.squeeze(1) for s in self._as_tensors(state)))
         if not packed and input.dim() != 3:
             raise ValueError(f"input: expected 3-D (batched) or 2-D (unbatched), got shape {tuple(input.shape)}")
         self._check_features(input.data if packed else input)
@@ -123,7 +122,7 @@ class StackedRecurrent(nn.Module):
             output = output.transpose(0, 1).contiguous()  # (T, B, F), as nn.LSTM returns it
         # batch-first, the output stays as the layers wrote it (one direction's is time-major seen
         # batch-first, as nn.LSTM's is): a contiguous copy would cost a pass over it both ways
-        return output, (state if self.state_size > 1 else state[0])
+        return output, self._as_hx(state)
 
     def _run_layers(self, input: Tensor, initial: tuple[Tensor, ...], lengths: Tensor | None):
         """Every layer and direction over a batch-first input sorted longest first -> (output, state)."""
@@ -149,16 +148,23 @@ class StackedRecurrent(nn.Module):
         """Nothing to do: torch's recurrent layers pack their weights for cuDNN here. Kept so that
         code written for them, which calls it (e.g. after DataParallel), runs unchanged."""
 
+    def _as_tensors(self, hx) -> tuple[Tensor, ...]:
+        """A state as torch's layers take and give it ((h, c), or h alone) -> a tuple of tensors."""
+        return tuple(hx) if self.state_size > 1 else (hx,)
+
+    def _as_hx(self, state: tuple[Tensor, ...]):
+        """A tuple of state tensors -> the form torch's layers take and give: (h, c), or h alone."""
+        return state if self.state_size > 1 else state[0]
+
     def _batch_of_one(self, hx):
         """An unbatched sequence's initial state (layers × directions, H) as a batch of one."""
         if hx is None:
             return None
-        state = tuple(hx) if self.state_size > 1 else (hx,)
+        state = self._as_tensors(hx)
         if any(s.dim() != 2 for s in state):
             got = ", ".join(str(tuple(s.shape)) for s in state)
             raise ValueError(f"initial state: for an unbatched (2-D) input, expected 2-D states (layers × directions, H), got {got}")
-        state = tuple(s.unsqueeze(1) for s in state)
-        return state if self.state_size > 1 else state[0]
+        return self._as_hx(tuple(s.unsqueeze(1) for s in state))
 
     def _check_features(self, input: Tensor) -> None:
         """The last dimension is input_size, and the dtype the weights' (unless autocast casts them)."""
@@ -171,7 +177,7 @@ class StackedRecurrent(nn.Module):
         shape = (self.num_layers * self.num_directions, batch, self.hidden_size)
         if hx is None:
             return (input.new_zeros(shape),) * self.state_size
-        state = tuple(hx) if self.state_size > 1 else (hx,)
+        state = self._as_tensors(hx)
         if any(s.shape != shape for s in state):
             got = ", ".join(str(tuple(s.shape)) for s in state)
             raise ValueError(f"initial state: expected {self.state_size} tensor(s) of shape {tuple(shape)}, got {got}")
