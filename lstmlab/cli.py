@@ -62,12 +62,12 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> d
         raise LabError(f"trainer.max_epochs={trainer.max_epochs}: the checkpoint {resumed.path} has already done "
                        f"{resumed.state.epoch} epochs; raise trainer.max_epochs to train on")
     task = build(cfg.task)
+    monitor, mode = trainer.monitor_of(task)
     rnn = build(cfg.model, input_size=task.input_size)
     net = SequenceModel(rnn, **task.network_options())
     params = sum(p.numel() for p in net.parameters())
     log.info("task %s | model %s | %d parameters | device %s", type(task).__name__, rnn, params, trainer.device)
 
-    monitor, mode = trainer.monitor_of(task)
     about = {"params": params, "device": str(trainer.device), "threads": torch.get_num_threads(),
              "monitor": monitor, "monitor_mode": mode}
     recorder = RunRecorder(run_dir, config=config, history=resumed.history if resumed else (), monitor=monitor)

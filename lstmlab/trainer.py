@@ -139,12 +139,12 @@ class Trainer:
             for epoch in range(first, self.max_epochs + 1):
                 train_loss, step = self._train_epoch(net, run, task, optimizer, generator, bar, epoch, step)
                 row = {"epoch": epoch, "step": step, "seconds": 0.0, "train_loss": train_loss}
-                if epoch % self.eval_every == 0 or epoch == self.max_epochs:
+                if self._evaluates(epoch, train_loss):
                     row.update(self.evaluate(net, task, run))
                 row["seconds"] = round(time.perf_counter() - begin, 4)
                 result.epochs, result.metrics = epoch, row
                 value = row.get(monitor)
-                improved = value is not None and (result.best is None or _better(value, result.best, mode))
+                improved = _better(value, result.best, mode)
                 if improved:
                     result.best = value
                 if on_epoch:
@@ -163,9 +163,20 @@ class Trainer:
         return result
 
     def monitor_of(self, task: Task) -> tuple[str, str]:
-        """The metric to watch and its mode (max | min): the trainer's if set, else the task's."""
+        """The metric to watch, the trainer's if set, else the task's; and its mode (max | min),
+        the trainer's if set, else what the task says of that metric."""
+        modes = {"train_loss": "min", **task.metric_modes}
         monitor = self.monitor or task.monitor
-        return monitor, self.mode or (task.monitor_mode if monitor == task.monitor else "min")
+        if monitor not in modes:
+            raise LabError(f"trainer.monitor={monitor}: expected one of {', '.join(modes)} "
+                           f"(the metrics of {type(task).__name__})")
+        return monitor, self.mode or modes[monitor]
+
+    def _evaluates(self, epoch: int, train_loss: float) -> bool:
+        """Whether the epoch is evaluated: every ``eval_every``-th, and the last, whether it is
+        the last by ``max_epochs`` or by ``target_loss``."""
+        stops = self.target_loss is not None and train_loss < self.target_loss
+        return epoch % self.eval_every == 0 or epoch == self.max_epochs or stops
 
     def runner(self, net: nn.Module) -> nn.Module:
         """What the batches run through: ``net``, or with ``compile`` net compiled by
@@ -233,10 +244,12 @@ class Trainer:
         return None
 
 
-def _better(value: float, best: float, mode: str) -> bool:
-    if math.isnan(value):
+def _better(value: float | None, best: float | None, mode: str) -> bool:
+    """Whether an epoch's value of the monitored metric (None if not evaluated) beats the best so
+    far (None before the first); a NaN never does."""
+    if value is None or math.isnan(value):
         return False
-    return value > best if mode == "max" else value < best
+    return best is None or (value > best if mode == "max" else value < best)
 
 
 def _describe(row: dict) -> str:

@@ -1,6 +1,7 @@
 """The training loop: early stopping, devices, learning on a tiny task."""
 
 import functools
+import math
 
 import pytest
 import torch
@@ -30,11 +31,48 @@ def test_trains_the_serial_adder_to_full_accuracy_and_stops_on_target():
     assert rows[-1]["step"] == fit.epochs * task.num_train_batches(32)
 
 
-def test_target_loss_stops_when_training_loss_falls_below_it():
+def test_target_loss_stops_when_training_loss_falls_below_it_and_evaluates_that_epoch():
     task = AdderTask(train_size=500, test_size=100, eval_bits=[])
-    trainer = Trainer(ADAM, device="cpu", max_epochs=5, target_loss=10.0, progress=False)
+    trainer = Trainer(ADAM, device="cpu", max_epochs=5, eval_every=3, target_loss=10.0, progress=False)
     fit = trainer.fit(tiny_adder_net(task), task)
     assert (fit.epochs, fit.stop_reason) == (1, "target_loss")
+    assert "exhaustive_acc" in fit.metrics  # the last epoch, though not a third one
+
+
+def test_a_monitored_metric_takes_its_mode_from_the_task_unless_trainer_mode_says():
+    task = AdderTask(train_size=200, test_size=100, eval_bits=[16], eval_size=100)
+    modes = {m: Trainer(ADAM, device="cpu", monitor=m).monitor_of(task)
+             for m in ("test_acc", "acc_16bit", "test_loss", "train_loss", None)}
+    assert modes == {"test_acc": ("test_acc", "max"), "acc_16bit": ("acc_16bit", "max"),
+                     "test_loss": ("test_loss", "min"), "train_loss": ("train_loss", "min"),
+                     None: ("exhaustive_acc", "max")}
+    assert Trainer(ADAM, device="cpu", monitor="test_acc", mode="min").monitor_of(task) == ("test_acc", "min")
+
+
+def test_a_target_on_another_accuracy_waits_until_that_accuracy_reaches_it():
+    task = AdderTask(train_size=200, test_size=100, eval_bits=[])
+    trainer = Trainer(ADAM, device="cpu", max_epochs=2, monitor="test_acc", target_metric=1.0, progress=False)
+    fit = trainer.fit(tiny_adder_net(task), task)
+    assert fit.metrics["test_acc"] < 1.0
+    assert (fit.epochs, fit.stop_reason) == (2, "max_epochs")
+
+
+def test_a_monitor_the_task_does_not_report_is_refused_with_the_names_it_does():
+    task = AdderTask(train_size=200, test_size=100, eval_bits=[])
+    trainer = Trainer(ADAM, device="cpu", monitor="test_accuracy", progress=False)
+    with pytest.raises(LabError, match=r"^trainer.monitor=test_accuracy: expected one of train_loss, test_loss, "
+                                       r"test_acc, exhaustive_acc \(the metrics of AdderTask\)$"):
+        trainer.fit(tiny_adder_net(task), task)
+
+
+def test_a_nan_value_of_the_monitored_metric_is_never_the_best():
+    task = AdderTask(train_size=200, test_size=100, eval_bits=[])
+    values, evaluate = iter([math.nan, 0.25, 0.5, 0.375]), task.evaluate
+    task.evaluate = lambda predict: evaluate(predict) | {"test_acc": next(values)}
+    trainer = Trainer(ADAM, device="cpu", max_epochs=4, monitor="test_acc", progress=False)
+    improved = []
+    fit = trainer.fit(tiny_adder_net(task), task, on_checkpoint=lambda state: improved.append(state.improved))
+    assert fit.best == 0.5 and improved == [False, True, True, False]
 
 
 def test_same_seed_gives_identical_training():

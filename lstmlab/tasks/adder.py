@@ -69,7 +69,6 @@ def encode(a: Tensor, b: Tensor, encoding: str) -> tuple[Tensor, Tensor]:
 
 class AdderTask(Task):
     monitor = "exhaustive_acc"
-    monitor_mode = "max"
 
     def __init__(
         self,
@@ -129,6 +128,11 @@ class AdderTask(Task):
         outputs = in_chunks(predict, inputs, targets)
         correct = (self._bits(outputs) == targets).all(dim=1)
         return correct.float().mean().item(), outputs
+
+    @property
+    def metric_modes(self) -> dict[str, str]:
+        accuracies = ["test_acc", "exhaustive_acc", *(f"acc_{bits}bit" for bits in self.long_sets)]
+        return {"test_loss": "min", **dict.fromkeys(accuracies, "max")}
 
     def evaluate(self, predict: Predict) -> dict[str, float]:
         test_acc, outputs = self._exact_match(predict, self.test_inputs, self.test_targets)

@@ -48,9 +48,13 @@ class Task(ABC):
     prediction function on its held-out data. It never sees the model itself.
     """
 
-    #: metric the trainer watches by default, and whether higher is better
+    #: the metric the trainer watches unless told another
     monitor: str = "test_loss"
-    monitor_mode: str = "min"
+
+    @property
+    @abstractmethod
+    def metric_modes(self) -> dict[str, str]:
+        """Every metric ``evaluate`` reports, with "max" where higher is better, else "min"."""
 
     @property
     @abstractmethod

@@ -30,7 +30,6 @@ READOUTS = ("final_state", "mean_max")
 
 class ImdbTask(Task):
     monitor = "test_acc"
-    monitor_mode = "max"
 
     def __init__(
         self,
@@ -130,6 +129,11 @@ class ImdbTask(Task):
         for index in torch.split(order, self.eval_batch_size):
             inputs, lengths = D.pad_batch([self.test_reviews[i] for i in index])
             yield index, Batch(inputs, self.test_targets[index], lengths)
+
+    @property
+    def metric_modes(self) -> dict[str, str]:
+        coverage = {} if self.glove_coverage is None else {"glove_coverage": "max"}
+        return {"test_loss": "min", "test_acc": "max", **coverage}
 
     def evaluate(self, predict: Predict) -> dict[str, float]:
         logits = torch.empty(len(self.test_reviews))

@@ -52,7 +52,6 @@ def split_sizes(points: int, train_fraction: float, window: int) -> tuple[int, i
 
 class SinCosTask(Task):
     monitor = "test_mse"
-    monitor_mode = "min"
 
     def __init__(
         self,
@@ -99,6 +98,10 @@ class SinCosTask(Task):
         targets = torch.cat([self.train_targets, self.test_targets])
         outputs = predict(Batch(inputs, targets))
         return outputs[: len(self.train_inputs)], outputs[len(self.train_inputs) :]
+
+    @property
+    def metric_modes(self) -> dict[str, str]:
+        return {"train_mse": "min", "test_mse": "min"}
 
     def evaluate(self, predict: Predict) -> dict[str, float]:
         train_out, test_out = self._predict_halves(predict)
