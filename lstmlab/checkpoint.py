@@ -28,7 +28,9 @@ FORMAT_VERSION = 1
 LAST_FILE = "last.pt"
 BEST_FILE = "best.pt"
 
-#: config keys that must match to resume: they change the model's shape, the data or its order
+#: config keys that must match to resume: the model's shape, the data, the seed and the kind of
+#: optimizer. Other trainer keys (learning rate, batch size, epochs, ...) may change; the run
+#: then goes on as told, no longer the twin of a run never stopped.
 RESUME_MUST_MATCH = ("model.", "task.", "seed", "trainer.optimizer._target_")
 
 
@@ -108,6 +110,9 @@ def to_payload(state: TrainState, config: Mapping, history: list[dict], monitor:
     }
 
 
+_PAYLOAD_KEYS = ("epoch", "step", "seconds", "best", "monitor", "model", "optimizer", "rng", "history", "config")
+
+
 @dataclass
 class Checkpoint:
     path: Path
@@ -154,9 +159,14 @@ def load(path: Path | str) -> Checkpoint:
         hint = " (it looks like a model state_dict such as model.pt; resume from last.pt)" if _is_state_dict(data) else ""
         raise LabError(f"{path}: not an lstmlab checkpoint{hint}")
     version = data.get("version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if not isinstance(version, int):
+        raise LabError(f"{path}: an incomplete lstmlab checkpoint: it has no format version")
+    if version > FORMAT_VERSION:
         raise LabError(f"{path}: checkpoint format version {version} is newer than this lstmlab reads "
                        f"(up to {FORMAT_VERSION}); upgrade lstmlab")
+    missing = [key for key in _PAYLOAD_KEYS if key not in data]
+    if missing:
+        raise LabError(f"{path}: an incomplete lstmlab checkpoint: it has no {', '.join(missing)}")
     history = data["history"]
     state = TrainState(epoch=data["epoch"], step=data["step"], seconds=data["seconds"], best=data["best"],
                        improved=False, row=history[-1] if history else {}, model=data["model"],

@@ -2,7 +2,7 @@
 
 The matrix is ``CASES``: one ``Case`` per row. A new task adds its rows there (unknown key,
 wrong type, out of range, and for tasks that read files: a missing and an empty data file,
-e.g. ``Case("imdb-missing-data", ["task=imdb", "task.data_dir={missing}"], "{missing}")``).
+e.g. ``Case("imdb-missing-data", ["task=imdb", "task.data_path={missing}"], "{missing}")``).
 The rows run the real entry point in-process (``lstmlab.cli.main``, the console script's
 function) to stay fast; one test runs the installed ``lstmlab`` to show it is the same.
 """
@@ -95,6 +95,7 @@ CASES = {
         Case("negative-lr", adder("trainer.optimizer.lr=-1"), "trainer.optimizer.lr"),
         Case("negative-clip", adder("trainer.grad_clip=-1"), "trainer.grad_clip"),
         Case("bad-mode", adder("trainer.mode=up"), "trainer.mode"),
+        Case("unknown-monitor", adder("trainer.monitor=test_accuracy"), "trainer.monitor=test_accuracy"),
         Case("bad-device", adder("trainer.device=tpu"), "trainer.device"),
         *([] if torch.cuda.is_available() else [Case("no-gpu", adder("trainer.device=cuda"), "trainer.device=cuda")]),
         Case("resume-missing", adder("trainer.resume={missing}"), "{missing}"),
@@ -103,6 +104,8 @@ CASES = {
         Case("resume-not-torch", adder("trainer.resume={garbage}"), "{garbage}"),
         Case("resume-truncated", adder("trainer.resume={truncated}"), "{truncated}"),
         Case("resume-newer-format", adder("trainer.resume={newer}"), "{newer}"),
+        Case("resume-no-version", adder("trainer.resume={unversioned}"), "{unversioned}"),
+        Case("resume-incomplete", adder("trainer.resume={incomplete}"), "{incomplete}"),
         Case("resume-model-pt", adder("trainer.resume={model}"), "{model}"),
         Case("resume-not-weights-only", adder("trainer.resume={unsafe}"), "{unsafe}"),
     ],
@@ -129,12 +132,15 @@ def files(tmp_path: Path) -> dict[str, str]:
     (tmp_path / "garbage.pt").write_text("not a checkpoint\n")
     (tmp_path / "file").write_text("a file, not a directory\n")
     torch.save({"format": checkpoint.FORMAT, "version": checkpoint.FORMAT_VERSION + 1}, tmp_path / "newer.pt")
+    torch.save({"format": checkpoint.FORMAT, "epoch": 3}, tmp_path / "unversioned.pt")
+    torch.save({"format": checkpoint.FORMAT, "version": checkpoint.FORMAT_VERSION, "epoch": 3}, tmp_path / "incomplete.pt")
     torch.save({"head.weight": torch.zeros(2, 2)}, tmp_path / "model.pt")
     torch.save({"where": Path("x")}, tmp_path / "unsafe.pt")
     torch.save({"format": checkpoint.FORMAT, "weights": torch.zeros(1000)}, tmp_path / "whole.pt")
     whole = (tmp_path / "whole.pt").read_bytes()
     (tmp_path / "truncated.pt").write_bytes(whole[: len(whole) // 2])
-    names = ["empty.pt", "emptydir", "garbage.pt", "file", "newer.pt", "model.pt", "unsafe.pt", "truncated.pt"]
+    names = ["empty.pt", "emptydir", "garbage.pt", "file", "newer.pt", "unversioned.pt", "incomplete.pt", "model.pt",
+             "unsafe.pt", "truncated.pt"]
     paths = {name.split(".")[0]: str(tmp_path / name) for name in names}
     return paths | {"missing": str(tmp_path / "missing.pt"), "cache": str(tmp_path / "cache")}
 
