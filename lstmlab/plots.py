@@ -26,13 +26,15 @@ _BOOKKEEPING = ("epoch", "step", "seconds")
 _LINE_STYLES = ("-", "--", ":", "-.")  # lines that coincide (train_loss, train_mse) stay visible
 
 
-def _new_figure(width: float, height: float):
+def new_figure(width: float, height: float):
+    """A matplotlib Figure of that size in inches, made without pyplot."""
     from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
 
     return Figure(figsize=(width, height), dpi=120, layout="constrained")
 
 
-def _save_png(figure, path: Path) -> Path:
+def save_png(figure, path: Path) -> Path:
+    """Writes the figure to ``path`` as a PNG, atomically."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     atomic_write_bytes(path, buffer.getvalue())
@@ -58,7 +60,7 @@ def write_curves(run_dir: Path | str) -> Path | None:
     losses = [c for c in columns if is_loss_column(c)]
     others = [c for c in columns if not is_loss_column(c) and pd.api.types.is_numeric_dtype(metrics[c])]
     panels = [p for p in ((losses, "loss (log scale)", True), (others, "metric", False)) if p[0]]
-    figure = _new_figure(6.0 * len(panels), 4.0)
+    figure = new_figure(6.0 * len(panels), 4.0)
     for axes, (names, ylabel, log) in zip(figure.subplots(1, len(panels), squeeze=False)[0], panels):
         for name, style in zip(names, itertools.cycle(_LINE_STYLES)):
             values = metrics[name].where(metrics[name] > 0) if log else metrics[name]
@@ -71,12 +73,12 @@ def write_curves(run_dir: Path | str) -> Path | None:
         axes.grid(True, which="major", alpha=0.3)
         axes.legend()
     figure.suptitle(f"training curves ({len(metrics)} epochs)")
-    return _save_png(figure, run_dir / CURVES_FILE)
+    return save_png(figure, run_dir / CURVES_FILE)
 
 
 def draw_line_plot(plot: LinePlot, path: Path) -> Path:
     """One task figure: its curves (dashed where asked), vertical markers, labels and legend."""
-    figure = _new_figure(10.0, 4.5)
+    figure = new_figure(10.0, 4.5)
     axes = figure.subplots()
     for curve in plot.curves:
         style = {"linestyle": "--", "linewidth": 1.6} if curve.dashed else {"linestyle": "-", "linewidth": 2.0}
@@ -88,7 +90,7 @@ def draw_line_plot(plot: LinePlot, path: Path) -> Path:
     axes.set_ylabel(plot.ylabel)
     axes.grid(True, alpha=0.3)
     axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    return _save_png(figure, path)
+    return save_png(figure, path)
 
 
 def write_figures(run_dir: Path | str, figures: Mapping[str, LinePlot]) -> list[Path]:

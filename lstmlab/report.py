@@ -19,6 +19,7 @@ from typing import Sequence
 import pandas as pd
 
 from .errors import LabError
+from .plots import new_figure, save_png
 from .results import METRICS_FILE, RESULTS_FILE, atomic_write_bytes, atomic_write_csv
 from .sweep import FAILED, FINISHED, INCOMPLETE, collect, parse_overrides, run_dirs
 
@@ -39,11 +40,11 @@ def load(paths: Sequence[str | Path]) -> pd.DataFrame:
 
 def _load_one(path: Path) -> pd.DataFrame:
     if path.is_file():
-        frame, root = pd.read_csv(path), path.parent
+        frame, root = _read_csv(path), path.parent
     elif path.is_dir() and run_dirs(path):
         frame, root = collect(path), path
     elif (path / RESULTS_FILE).is_file():
-        frame, root = pd.read_csv(path / RESULTS_FILE), path
+        frame, root = _read_csv(path / RESULTS_FILE), path
     elif path.is_dir():
         return pd.DataFrame()
     else:
@@ -51,6 +52,14 @@ def _load_one(path: Path) -> pd.DataFrame:
     if "dir" in frame:
         frame["dir"] = [str(root / d) if isinstance(d, str) else None for d in frame["dir"]]
     return frame
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path)
+    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LabError(f"{path}: not a CSV table of runs ({detail[:120]})") from None
 
 
 # ---------------------------------------------------------------- the table
@@ -94,6 +103,8 @@ def summarise(frame: pd.DataFrame, over: Sequence[str] = ("seed",),
         data[key] = values.astype(str).where(values.notna(), "")
     if {"train_seconds", "epochs"} <= set(data):
         data["sec_per_epoch"] = pd.to_numeric(data["train_seconds"], errors="coerce") / data["epochs"]
+    if metrics:
+        _check_columns(data, metrics)
     metrics = [m for m in (metrics or default_metrics(data)) if m in data]
     groups = data.groupby(keys, sort=False) if keys else [((), data)]
     rows = [_summary_row(dict(zip(keys, values)), group, metrics) for values, group in groups]
@@ -102,6 +113,13 @@ def summarise(frame: pd.DataFrame, over: Sequence[str] = ("seed",),
         summary = summary.sort_values(keys, key=_numeric_first, kind="stable").reset_index(drop=True)
     summary["best"] = _best_mask(summary, *monitor_of(frame))
     return summary, keys, metrics
+
+
+def _check_columns(data: pd.DataFrame, metrics: Sequence[str]) -> None:
+    unknown = [m for m in metrics if m not in data]
+    if unknown:
+        raise LabError(f"--metrics: no column {', '.join(unknown)} in these runs; "
+                       f"expected any of {', '.join(default_metrics(data))}")
 
 
 def _summary_row(key_values: dict, group: pd.DataFrame, metrics: Sequence[str]) -> dict:
@@ -175,19 +193,11 @@ def short_table(frame: pd.DataFrame) -> str:
 # ---------------------------------------------------------------- the plot
 def plot(frame: pd.DataFrame, summary: pd.DataFrame, keys: Sequence[str], metric: str, path: Path) -> Path:
     """Left: ``metric`` vs the first numeric swept key (mean ± std). Right: its learning curves."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    figure = new_figure(11.0, 4.0)
+    left, right = figure.subplots(1, 2)
     _plot_vs_key(left, summary, list(keys), metric)
     _plot_curves(right, frame, list(keys), metric)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path.with_suffix(".tmp.png"), dpi=110)
-    plt.close(fig)
-    path.with_suffix(".tmp.png").replace(path)
-    return path
+    return save_png(figure, path)
 
 
 def _plot_vs_key(ax, summary: pd.DataFrame, keys: list[str], metric: str) -> None:
@@ -265,11 +275,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         frame = load(args.paths)
+        metrics = args.metrics.split(",") if args.metrics else None
+        summary, keys, metrics = summarise(frame, over=args.over.split(","), metrics=metrics)
     except LabError as exc:
         print(f"lstmlab-report: error: {exc}", file=sys.stderr)
         return 2
-    metrics = args.metrics.split(",") if args.metrics else None
-    summary, keys, metrics = summarise(frame, over=args.over.split(","), metrics=metrics)
     cells = format_frame(summary, keys, metrics)
     print(to_text(cells))
     prefix = Path(args.out) if args.out else _default_prefix(Path(args.paths[0]))

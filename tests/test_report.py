@@ -103,3 +103,22 @@ def test_report_on_a_missing_path(tmp_path, capsys):
     assert capsys.readouterr().err == f"lstmlab-report: error: {tmp_path / 'nope'}: no such file or directory\n"
     assert main([str(tmp_path)]) == 2
     assert "no runs found" in capsys.readouterr().err
+
+
+def test_report_on_a_file_that_is_not_a_csv_table(tmp_path, capsys):
+    (tmp_path / "model.pt").write_bytes(bytes(range(256)) * 4)
+    assert main([str(tmp_path / "model.pt")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"lstmlab-report: error: {tmp_path / 'model.pt'}: not a CSV table of runs")
+    assert err.count("\n") == 1
+
+
+def test_a_misspelt_metric_is_refused_with_the_metrics_there_are(tmp_path, capsys):
+    sweep_frame().to_csv(tmp_path / "results.csv", index=False)
+    assert main([str(tmp_path / "results.csv"), "--metrics", "acc,test_accuracy"]) == 2
+    assert capsys.readouterr().err == ("lstmlab-report: error: --metrics: no column test_accuracy in these runs; "
+                                       "expected any of acc, test_loss, params, sec_per_epoch\n")
+    assert not (tmp_path / "report.csv").exists()
+    assert main([str(tmp_path / "results.csv"), "--metrics", "test_loss,acc"]) == 0
+    assert pd.read_csv(tmp_path / "report.csv").columns.tolist()[-5:] == [
+        "test_loss_mean", "test_loss_std", "acc_mean", "acc_std", "best"]
