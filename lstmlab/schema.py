@@ -1,8 +1,11 @@
 """Structured schemas of the config groups, registered in Hydra's ConfigStore.
 
-Each YAML option in ``conf/`` starts from one of these dataclasses, so a misspelt key or a
+Each YAML option in ``conf/`` starts from one of these dataclasses (``defaults:
+[/HandLSTMConf@_here_]``) and names its class itself (``_target_``), so a misspelt key or a
 value of the wrong type fails when the config is composed, before anything trains; range
 checks run in ``__post_init__`` when :func:`validate` turns the config into these objects.
+A new layer with the keys of ``torch.nn.LSTM`` and no others needs no schema of its own: its
+YAML starts from ``ModelConf``.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from .errors import LabError
 
@@ -36,9 +39,10 @@ def _probability(key: str, value) -> None:
 # ---------------------------------------------------------------- model
 @dataclass
 class ModelConf:
-    """Keys shared by every recurrent layer (those of torch.nn.LSTM)."""
+    """Keys shared by every recurrent layer (those of torch.nn.LSTM); the whole schema of
+    ``torch_lstm`` and ``layernorm_lstm``."""
 
-    _target_: str = "lstmlab.models.HandLSTM"
+    _target_: str = MISSING
     hidden_size: int = 16
     num_layers: int = 1
     bias: bool = True
@@ -54,7 +58,6 @@ class ModelConf:
 
 @dataclass
 class HandLSTMConf(ModelConf):
-    _target_: str = "lstmlab.models.HandLSTM"
     backward: str = "autograd"
 
     def __post_init__(self) -> None:
@@ -63,13 +66,7 @@ class HandLSTMConf(ModelConf):
 
 
 @dataclass
-class TorchLSTMConf(ModelConf):
-    _target_: str = "torch.nn.LSTM"
-
-
-@dataclass
 class HandRNNConf(ModelConf):
-    _target_: str = "lstmlab.models.HandRNN"
     nonlinearity: str = "tanh"
 
     def __post_init__(self) -> None:
@@ -77,15 +74,10 @@ class HandRNNConf(ModelConf):
         _one_of("model.nonlinearity", self.nonlinearity, ("tanh", "relu"))
 
 
-@dataclass
-class LayerNormLSTMConf(ModelConf):
-    _target_: str = "lstmlab.models.LayerNormLSTM"
-
-
 # ---------------------------------------------------------------- task
 @dataclass
 class AdderConf:
-    _target_: str = "lstmlab.tasks.adder.AdderTask"
+    _target_: str = MISSING
     encoding: str = "serial"
     train_size: int = 80_000
     test_size: int = 20_000
@@ -106,7 +98,7 @@ class AdderConf:
 
 @dataclass
 class SinCosConf:
-    _target_: str = "lstmlab.tasks.sin_cos.SinCosTask"
+    _target_: str = MISSING
     points: int = 200
     start_pi: float = 0.0
     end_pi: float = 12.0
@@ -127,7 +119,7 @@ class SinCosConf:
 
 @dataclass
 class ImdbConf:
-    _target_: str = "lstmlab.tasks.imdb.ImdbTask"
+    _target_: str = MISSING
     data_path: str = "data/aclImdb_v1.tar.gz"
     tokenizer: str = "basic"
     cache_dir: Optional[str] = None
@@ -168,7 +160,7 @@ class ImdbConf:
 # ---------------------------------------------------------------- trainer
 @dataclass
 class OptimizerConf:
-    _target_: str = "torch.optim.Adam"
+    _target_: str = MISSING
     _partial_: bool = True
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -176,7 +168,7 @@ class OptimizerConf:
 
 @dataclass
 class TrainerConf:
-    _target_: str = "lstmlab.trainer.Trainer"
+    _target_: str = MISSING
     device: str = "auto"
     max_epochs: int = 20
     batch_size: int = 64
@@ -208,30 +200,21 @@ class TrainerConf:
             _one_of("trainer.mode", self.mode, ("max", "min"))
 
 
-SCHEMAS = {
-    "model": {
-        "hand_lstm": HandLSTMConf,
-        "torch_lstm": TorchLSTMConf,
-        "hand_rnn": HandRNNConf,
-        "layernorm_lstm": LayerNormLSTMConf,
-    },
-    "task": {"adder": AdderConf, "sin_cos": SinCosConf, "imdb": ImdbConf},
-    "trainer": {"default": TrainerConf},
-}
+SCHEMAS = (ModelConf, HandLSTMConf, HandRNNConf, AdderConf, SinCosConf, ImdbConf, TrainerConf)
+GROUPS = ("model", "task", "trainer")  # the config groups these type
 
 
 def register_configs() -> None:
-    """Stores each schema as the plain config ``<group>_<name>_schema`` (kept out of --help's
-    group list); the YAML options extend it, e.g. ``defaults: [/model_hand_lstm_schema@_here_]``."""
+    """Stores each schema as a plain config named after its class (kept out of --help's group
+    list); the YAML options extend it, e.g. ``defaults: [/HandLSTMConf@_here_]``."""
     store = ConfigStore.instance()
-    for group, schemas in SCHEMAS.items():
-        for name, node in schemas.items():
-            store.store(name=f"{group}_{name}_schema", node=node)
+    for schema in SCHEMAS:
+        store.store(name=schema.__name__, node=schema)
 
 
 def validate(cfg: DictConfig) -> None:
     """Range checks of every group (raises LabError naming the key and what was expected)."""
-    for group in SCHEMAS:
+    for group in GROUPS:
         OmegaConf.to_object(cfg[group])
     seed = cfg.get("seed")
     _check("seed", isinstance(seed, int) and not isinstance(seed, bool), "an integer", seed)
