@@ -93,7 +93,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> d
         summary = final | _run_columns(fit.epochs, fit.stop_reason, fit.train_seconds, "finished", about)
         recorder.write_result(config, summary)
     print(" | ".join(f"{k} {_fmt(v)}" for k, v in final.items()))
-    print(f"stopped after {fit.epochs} epochs ({fit.stop_reason})")
+    print(f"stopped after {fit.epochs} epoch{'' if fit.epochs == 1 else 's'} ({fit.stop_reason})")
     print(f"results in {run_dir}")
     return summary
 

@@ -10,7 +10,7 @@ YAML starts from ``ModelConf``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import List, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -34,6 +34,12 @@ def _one_of(key: str, value, choices) -> None:
 
 def _probability(key: str, value) -> None:
     _check(key, 0.0 <= value < 1.0, "a probability in [0, 1)", value)
+
+
+def _check_known(prefix: str, keys, known) -> None:
+    for key in keys:
+        if key not in known and not key.startswith("_"):
+            raise LabError(f"{prefix}{key}: no such key; expected one of: {', '.join(known)}")
 
 
 # ---------------------------------------------------------------- model
@@ -212,9 +218,15 @@ def register_configs() -> None:
         store.store(name=schema.__name__, node=schema)
 
 
+TOP_LEVEL_KEYS = (*GROUPS, "seed")
+
+
 def validate(cfg: DictConfig) -> None:
-    """Range checks of every group (raises LabError naming the key and what was expected)."""
+    """Range checks of every group, and no key the schemas lack, such as one added with ``+``
+    (raises LabError naming the key and what was expected)."""
+    _check_known("", cfg.keys(), TOP_LEVEL_KEYS)
     for group in GROUPS:
-        OmegaConf.to_object(cfg[group])
+        typed = OmegaConf.to_object(cfg[group])
+        _check_known(f"{group}.", cfg[group].keys(), [f.name for f in fields(typed) if not f.name.startswith("_")])
     seed = cfg.get("seed")
     _check("seed", isinstance(seed, int) and not isinstance(seed, bool), "an integer", seed)

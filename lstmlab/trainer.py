@@ -123,7 +123,7 @@ class Trainer:
         net.to(self.device)
         run = self.runner(net)
         self._warned_of_lengths = False
-        optimizer = self.make_optimizer(net.parameters())
+        optimizer = self._optimizer_for(net)
         generator = torch.Generator().manual_seed(self.seed)
         steps_per_epoch = task.num_train_batches(self.batch_size)
         result = FitResult(epochs=0, stop_reason="max_epochs")
@@ -161,6 +161,12 @@ class Trainer:
                     break
         result.train_seconds = time.perf_counter() - begin
         return result
+
+    def _optimizer_for(self, net: nn.Module) -> torch.optim.Optimizer:
+        try:
+            return self.make_optimizer(net.parameters())
+        except (TypeError, ValueError) as exc:  # an argument the optimizer does not take, or a bad value
+            raise LabError(f"trainer.optimizer: {str(exc).strip().splitlines()[0]}") from None
 
     def monitor_of(self, task: Task) -> tuple[str, str]:
         """The metric to watch, the trainer's if set, else the task's; and its mode (max | min),

@@ -83,11 +83,13 @@ CASES = {
         Case("dropout-one", adder("model.dropout=1.0"), "model.dropout"),
         Case("bad-backward", adder("model.backward=magic"), "model.backward"),
         Case("torch-unknown-key", adder("model=torch_lstm", "model.backward=manual"), "model.backward"),
+        Case("added-unknown-key", adder("+model.hiden_size=8"), "model.hiden_size: no such key"),
     ],
     "trainer": [
         Case("unknown-option", adder("trainer=fast"), "trainer=fast"),
         Case("unknown-key", adder("trainer.nope=1"), "trainer.nope"),
         Case("unknown-optimizer-key", adder("trainer.optimizer.nope=1"), "trainer.optimizer.nope"),
+        Case("argument-the-optimizer-lacks", adder("+trainer.optimizer.momentum=0.9"), "trainer.optimizer: "),
         Case("wrong-type", adder("trainer.max_epochs=ten"), "trainer.max_epochs"),
         Case("wrong-type-bool", adder("trainer.shuffle=maybe"), "trainer.shuffle"),
         Case("zero-epochs", adder("trainer.max_epochs=0"), "trainer.max_epochs"),
@@ -114,6 +116,7 @@ CASES = {
     ],
     "top-level": [
         Case("unknown-key", adder("nope=1"), "nope"),
+        Case("added-unknown-key", adder("+nope=1"), "nope: no such key"),
         Case("wrong-type-seed", adder("seed=abc"), "seed"),
     ],
     "hydra": [
