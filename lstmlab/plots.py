@@ -5,16 +5,17 @@
 - one PNG per :class:`lstmlab.tasks.base.LinePlot` a task returns from ``figures`` (e.g.
   ``prediction.png``); a task without figures returns none.
 
-Regenerate a run's ``curves.png``: ``python -m lstmlab.plots outputs/<date>/<time>``.
+Regenerate runs' ``curves.png``: ``python -m lstmlab.plots RUN_DIR [RUN_DIR ...]``.
 """
 
 from __future__ import annotations
 
+import argparse
 import io
 import itertools
 import sys
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import pandas as pd
 
@@ -98,6 +99,39 @@ def write_figures(run_dir: Path | str, figures: Mapping[str, LinePlot]) -> list[
     return [draw_line_plot(plot, Path(run_dir) / f"{name}.png") for name, plot in figures.items()]
 
 
+PROG = "python -m lstmlab.plots"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Redraws each run directory's ``curves.png``; prints the paths written, 2 on bad input."""
+    parser = argparse.ArgumentParser(prog=PROG, description=f"Redraw {CURVES_FILE} of runs from their {METRICS_FILE}.")
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help=f"a run directory (one holding {METRICS_FILE})")
+    args = parser.parse_args(argv)
+    missing = [d for d in args.run_dirs if not (Path(d) / METRICS_FILE).is_file()]
+    if missing:  # checked before drawing anything
+        return _error(f"{missing[0]}: no {METRICS_FILE} (expected a run directory)")
+    for directory in args.run_dirs:
+        try:
+            written = write_curves(directory)
+        except (ValueError, KeyError, UnicodeDecodeError) as exc:  # pandas' parser errors are ValueErrors
+            return _error(f"{Path(directory) / METRICS_FILE}: not a table of epochs ({_first_line(exc)})")
+        if written is None:
+            return _error(f"{Path(directory) / METRICS_FILE}: no epochs yet, nothing to draw")
+        print(written)
+    return 0
+
+
+def _error(message: str) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _first_line(exc: BaseException) -> str:
+    if isinstance(exc, KeyError):
+        return f"no column {exc.args[0]}"
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:120]
+
+
 if __name__ == "__main__":
-    for directory in sys.argv[1:] or ["."]:
-        print(write_curves(directory) or f"{directory}: no {METRICS_FILE}")
+    sys.exit(main())

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from pathlib import Path
 from typing import Sequence
 
@@ -21,9 +22,11 @@ import pandas as pd
 from .errors import LabError
 from .plots import new_figure, save_png
 from .results import METRICS_FILE, RESULTS_FILE, atomic_write_bytes, atomic_write_csv
-from .sweep import FAILED, FINISHED, INCOMPLETE, collect, parse_overrides, run_dirs
+from .sweep import DIVERGED, FAILED, FINISHED, INCOMPLETE, INTERRUPTED, collect, parse_overrides, run_dirs
 
-NOT_METRICS = {"job", "seed", "epochs", "train_seconds", "threads", "train_loss", "params", "sec_per_epoch"}
+COUNTED_AS_FAILED = (FAILED, DIVERGED)  # ended without a usable final metric
+COUNTED_AS_INCOMPLETE = (INCOMPLETE, INTERRUPTED)  # stopped on the way; a re-run of the sweep goes on
+NOT_METRICS = {"job", "choices", "seed", "epochs", "train_seconds", "threads", "train_loss", "params", "sec_per_epoch"}
 
 
 # ---------------------------------------------------------------- reading
@@ -72,6 +75,21 @@ def swept_keys(frame: pd.DataFrame, over: Sequence[str] = ("seed",)) -> list[str
     return [k for k in keys if k not in over and len({o.get(k, "") for o in parsed}) > 1]
 
 
+def setting_values(frame: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+    """Each run's value of each key as text: its config column, else its override, else the
+    option its config group got (``choices``; a group one sweep did not override), else ''."""
+    def parsed(column: str) -> list[dict[str, str]]:
+        return [parse_overrides(text) for text in frame[column]] if column in frame else [{}] * len(frame)
+
+    given = [c | o for o, c in zip(parsed("overrides"), parsed("choices"))]
+    values = pd.DataFrame(index=frame.index)
+    for key in keys:
+        fallback = pd.Series([g.get(key, "") for g in given], index=frame.index, dtype=object)
+        column = frame[key] if key in frame else fallback
+        values[key] = column.astype(str).where(column.notna(), fallback)
+    return values
+
+
 def monitor_of(frame: pd.DataFrame) -> tuple[str | None, str]:
     """The runs' monitored metric and its mode, from result.csv's monitor columns."""
     for name, mode in zip(frame.get("monitor", []), frame.get("monitor_mode", [])):
@@ -97,14 +115,10 @@ def summarise(frame: pd.DataFrame, over: Sequence[str] = ("seed",),
     """One row per setting of the swept keys: runs, failed, incomplete, ``<m>_mean``, ``<m>_std``, best."""
     data = frame.copy()
     keys = swept_keys(data, over)
-    parsed = [parse_overrides(text) for text in data.get("overrides", pd.Series([""] * len(data)))]
-    for key in keys:
-        values = data[key] if key in data else pd.Series([o.get(key, "") for o in parsed], index=data.index)
-        data[key] = values.astype(str).where(values.notna(), "")
+    data[keys] = setting_values(data, keys)
+    keys = [k for k in keys if data[k].nunique() > 1]  # e.g. model=hand_lstm in one sweep, the default in the other
     if {"train_seconds", "epochs"} <= set(data):
         data["sec_per_epoch"] = pd.to_numeric(data["train_seconds"], errors="coerce") / data["epochs"]
-    if metrics:
-        _check_columns(data, metrics)
     metrics = [m for m in (metrics or default_metrics(data)) if m in data]
     groups = data.groupby(keys, sort=False) if keys else [((), data)]
     rows = [_summary_row(dict(zip(keys, values)), group, metrics) for values, group in groups]
@@ -115,19 +129,12 @@ def summarise(frame: pd.DataFrame, over: Sequence[str] = ("seed",),
     return summary, keys, metrics
 
 
-def _check_columns(data: pd.DataFrame, metrics: Sequence[str]) -> None:
-    unknown = [m for m in metrics if m not in data]
-    if unknown:
-        raise LabError(f"--metrics: no column {', '.join(unknown)} in these runs; "
-                       f"expected any of {', '.join(default_metrics(data))}")
-
-
 def _summary_row(key_values: dict, group: pd.DataFrame, metrics: Sequence[str]) -> dict:
     finished = group[group["status"] == FINISHED]
     row = key_values | {
         "runs": len(finished),
-        "failed": int((group["status"] == FAILED).sum()),
-        "incomplete": int((group["status"] == INCOMPLETE).sum()),
+        "failed": int(group["status"].isin(COUNTED_AS_FAILED).sum()),
+        "incomplete": int(group["status"].isin(COUNTED_AS_INCOMPLETE).sum()),
     }
     for metric in metrics:
         values = pd.to_numeric(finished[metric], errors="coerce").dropna()
@@ -191,56 +198,119 @@ def short_table(frame: pd.DataFrame) -> str:
 
 
 # ---------------------------------------------------------------- the plot
+LEGEND_CHARS = 48  # a legend line's length in characters, at most
+_STYLES = ("-", "--", ":", "-.")  # 10 colours x 4 line styles (and markers): 40 settings told apart
+_MARKERS = ("o", "s", "^", "D")
+
+
 def plot(frame: pd.DataFrame, summary: pd.DataFrame, keys: Sequence[str], metric: str, path: Path) -> Path:
-    """Left: ``metric`` vs the first numeric swept key (mean ± std). Right: its learning curves."""
+    """Left: ``metric`` vs the first numeric swept key (mean ± std). Right: its learning curves.
+
+    Each panel's legend lies below it, one entry per setting (the values; the keys are its title),
+    and the figure is made as tall as the legends need, however many settings there are.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    keys = list(keys)
     figure = new_figure(11.0, 4.0)
-    left, right = figure.subplots(1, 2)
-    _plot_vs_key(left, summary, list(keys), metric)
-    _plot_curves(right, frame, list(keys), metric)
+    panels = figure.subfigures(1, 2)
+    left = _plot_vs_key(panels[0].subplots(), summary, keys, metric)
+    right = _plot_curves(panels[1].subplots(), frame, summary, keys, metric)
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    heights = [_legend_below(panel, *entries, renderer) for panel, entries in ((panels[0], left), (panels[1], right))
+               if entries is not None]
+    figure.set_size_inches(11.0, 4.0 + max(heights, default=0.0))
     return save_png(figure, path)
 
 
-def _plot_vs_key(ax, summary: pd.DataFrame, keys: list[str], metric: str) -> None:
+def _plot_vs_key(ax, summary: pd.DataFrame, keys: list[str], metric: str):
+    """The left panel; returns its legend (styles, labels, title), None when it needs none."""
     numeric = [k for k in keys if pd.to_numeric(summary[k], errors="coerce").notna().all()]
     x_key = numeric[0] if numeric else None
     ax.set_ylabel(f"{metric} (mean ± std over seeds)")
     ax.grid(alpha=0.3)
-    if x_key is None:  # no numeric key: one point per setting, labelled by its values
-        labels = [", ".join(map(str, r)) for r in summary[keys].itertuples(index=False)] if keys else ["all"]
-        ax.errorbar(range(len(summary)), summary[f"{metric}_mean"], yerr=summary[f"{metric}_std"].fillna(0),
-                    fmt="o", capsize=3)
-        ax.set_xticks(range(len(summary)), labels, rotation=20, ha="right", fontsize=8)
-        ax.set_xlabel(", ".join(keys) or "runs")
-        return
+    mean, std = summary[f"{metric}_mean"], summary[f"{metric}_std"].fillna(0)
+    if x_key is None:  # no numeric key: one point per setting, styled as in the curves' legend
+        styles = _styles(_settings(summary, keys))
+        for x, style in enumerate(styles):
+            ax.errorbar(x, mean.iloc[x], yerr=std.iloc[x], capsize=3, **style | {"linestyle": "none"})
+        labels = [_shorten(_joined(values, 16), 16) for values in _settings(summary, keys)]
+        if 1 < len(labels) <= 12:
+            ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=7)
+        else:
+            ax.set_xticks([])
+        ax.set_xlabel("setting (see the legend)" if len(labels) > 1 else "all runs")
+        return None
     rest = [k for k in keys if k != x_key]
-    for values, part in summary.groupby(rest, sort=False) if rest else [((), summary)]:
-        ax.errorbar(pd.to_numeric(part[x_key]), part[f"{metric}_mean"], yerr=part[f"{metric}_std"].fillna(0),
-                    marker="o", capsize=3, label=_label(rest, values) or metric)
+    groups = list(summary.groupby(rest, sort=False)) if rest else [((), summary)]
+    styles = _styles([values if isinstance(values, tuple) else (values,) for values, _ in groups])
+    for (_, part), style in zip(groups, styles):
+        ax.errorbar(pd.to_numeric(part[x_key]), mean[part.index], yerr=std[part.index], capsize=3, **style)
     x = pd.to_numeric(summary[x_key])
     if x.min() > 0 and x.nunique() > 2:
         ax.set_xscale("log", base=2)
     ax.set_xlabel(x_key)
-    if rest:
-        ax.legend(fontsize=8)
+    return (styles, _entries([values for values, _ in groups]), rest) if rest else None
 
 
-def _plot_curves(ax, frame: pd.DataFrame, keys: list[str], metric: str) -> None:
-    colors, seen = {}, set()
-    for _, row in frame[frame["status"] == FINISHED].iterrows():
+def _plot_curves(ax, frame: pd.DataFrame, summary: pd.DataFrame, keys: list[str], metric: str):
+    """The right panel: one line per finished run, styled by its setting; returns the settings' legend."""
+    settings = _settings(summary, keys)
+    styles = dict(zip(settings, _styles(settings)))
+    finished = frame[frame["status"] == FINISHED]
+    drawn = 0
+    for (_, row), setting in zip(finished.iterrows(), _settings(setting_values(finished, keys), keys)):
         curve = _read_metrics(row.get("dir"))
-        if curve is None or metric not in curve:
+        if curve is None or metric not in curve or "epoch" not in curve:
             continue
-        label = _label(keys, tuple(str(row.get(k, parse_overrides(row.get("overrides")).get(k, ""))) for k in keys)) or "run"
-        color = colors.setdefault(label, f"C{len(colors) % 10}")
-        ax.plot(curve["epoch"], curve[metric], color=color, alpha=0.7, marker=".",
-                label=None if label in seen else label)
-        seen.add(label)
+        ax.plot(curve["epoch"], curve[metric], alpha=0.7, markersize=3, **styles.get(setting, {"color": "grey"}))
+        drawn += 1
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric)
-    ax.set_title("learning curves (one line per run)", fontsize=9)
-    if seen:
-        ax.legend(fontsize=8)
+    ax.set_title(f"learning curves (one line per run, {drawn} runs)" if drawn else
+                 f"learning curves: no run has a {METRICS_FILE} with {metric}", fontsize=9)
     ax.grid(alpha=0.3)
+    return (list(styles.values()), _entries(settings), keys) if len(settings) > 1 else None
+
+
+def _settings(table: pd.DataFrame, keys: list[str]) -> list[tuple]:
+    """Each row's values of the keys, as a tuple of text."""
+    return [tuple(map(str, values)) for values in table[keys].itertuples(index=False)] if keys else [()] * len(table)
+
+
+def _styles(settings: Sequence) -> list[dict]:
+    return [{"color": f"C{i % 10}", "linestyle": _STYLES[i // 10 % 4], "marker": _MARKERS[i // 10 % 4]}
+            for i in range(len(settings))]
+
+
+def _entries(settings: Sequence) -> list[str]:
+    """Legend text of each setting: its values (long ones cut in the middle), wrapped."""
+    return ["\n".join(textwrap.wrap(_joined(values, 24), LEGEND_CHARS)) for values in settings]
+
+
+def _joined(values, longest: int) -> str:
+    values = values if isinstance(values, tuple) else (values,)
+    return ", ".join(_shorten(str(v), longest) for v in values)
+
+
+def _shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width // 2 - 1] + "…" + text[-(width - width // 2):]
+
+
+def _legend_below(panel, styles: list[dict], labels: list[str], keys: list[str], renderer) -> float:
+    """A legend under the panel's axes, in as many columns as fit; returns its height in inches."""
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], **style) for style in styles]
+    title = "\n".join(textwrap.wrap(", ".join(keys), LEGEND_CHARS + 16))
+    for columns in range(min(len(labels), 4), 0, -1):
+        legend = panel.legend(handles, labels, title=title, loc="outside lower center", ncols=columns,
+                              fontsize=8, title_fontsize=8)
+        box = legend.get_window_extent(renderer)
+        if box.width <= 0.95 * panel.bbox.width or columns == 1:
+            break
+        legend.remove()
+    return box.height / panel.figure.dpi + 0.1
 
 
 def _read_metrics(run_dir) -> pd.DataFrame | None:
@@ -250,11 +320,6 @@ def _read_metrics(run_dir) -> pd.DataFrame | None:
         return pd.read_csv(Path(run_dir) / METRICS_FILE)
     except (FileNotFoundError, pd.errors.EmptyDataError):
         return None
-
-
-def _label(keys: Sequence[str], values) -> str:
-    values = values if isinstance(values, tuple) else (values,)
-    return ", ".join(f"{k}={v}" for k, v in zip(keys, values))
 
 
 # ---------------------------------------------------------------- the command
@@ -273,10 +338,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    over = args.over.split(",")
     try:
         frame = load(args.paths)
-        metrics = args.metrics.split(",") if args.metrics else None
-        summary, keys, metrics = summarise(frame, over=args.over.split(","), metrics=metrics)
+        asked = args.metrics.split(",") if args.metrics else []
+        summary, keys, metrics = summarise(frame, over=over, metrics=asked or None)
+        _check_metrics_exist(asked, metrics, frame, over)
     except LabError as exc:
         print(f"lstmlab-report: error: {exc}", file=sys.stderr)
         return 2
@@ -291,6 +358,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         written.append(plot(frame, summary, keys, monitor, Path(f"{prefix}.png")))
     print("wrote " + ", ".join(map(str, written)))
     return 0
+
+
+def _check_metrics_exist(asked: Sequence[str], shown: Sequence[str], frame: pd.DataFrame, over) -> None:
+    """--metrics names a column that is in none of the runs: say which, and which there are."""
+    unknown = [m for m in asked if m not in shown]
+    if unknown:
+        available = summarise(frame, over=over)[2]
+        raise LabError(f"--metrics: no column {', '.join(unknown)} in these runs; expected any of {', '.join(available)}")
 
 
 def _default_prefix(first: Path) -> Path:

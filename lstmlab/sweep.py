@@ -2,7 +2,8 @@
 
 - :func:`run_job` wraps a sweep's job: a job that raises is recorded in its ``result.csv``
   (``status=failed``, ``error``) and the sweep goes on; a job whose ``result.csv`` says it
-  finished with the same config (an earlier run of the same sweep) is not run again.
+  finished with the same config (an earlier run of the same sweep) is not run again, and one
+  that was interrupted with the same config goes on from its ``last.pt``.
 - :func:`job_threads` splits the cores between jobs that run side by side.
 - :class:`SweepResults` (a Hydra callback, see ``conf/config.yaml``) rebuilds the sweep's
   ``results.csv`` from its jobs when the multirun ends and prints a summary; the console
@@ -11,6 +12,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -27,6 +29,7 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from .checkpoint import LAST_FILE
 from .errors import LabError, one_line
 from .results import (
     RESULTS_FILE,
@@ -40,7 +43,9 @@ from .results import (
 
 log = logging.getLogger("lstmlab")
 
-FINISHED, FAILED, INCOMPLETE = "finished", "failed", "incomplete"
+FINISHED, FAILED, DIVERGED, INTERRUPTED = "finished", "failed", "diverged", "interrupted"
+INCOMPLETE = "incomplete"  # no result.csv: running, killed, or stopped before its training began
+STATUSES = (FINISHED, FAILED, DIVERGED, INTERRUPTED, INCOMPLETE)  # the order the summary counts them in
 LEAD_COLUMNS = ["job", "status", "overrides", "error", "dir"]
 
 
@@ -56,12 +61,21 @@ def objective(summary: Mapping[str, Any]) -> float:
 
 def run_job(cfg: DictConfig, run_dir: Path, train: Callable[[DictConfig, Path], dict],
             launcher: DictConfig | None = None) -> float | None:
-    """Runs ``train(cfg, run_dir)`` as a job of a sweep; returns its objective (None if it failed)."""
+    """Runs ``train(cfg, run_dir)`` as a job of a sweep; returns its objective (None if it failed).
+
+    A job that finished in an earlier run of the sweep is not run again; one that was interrupted
+    goes on from its ``last.pt`` (``trainer.resume``), as if it had never stopped.
+    """
     config = _plain(cfg)
     earlier = finished_before(run_dir, config)
     if earlier is not None:
         log.info("finished in an earlier run of this sweep, not run again: %s", run_dir)
         return objective(earlier)
+    epoch = resumable_epoch(run_dir, config)
+    if epoch is not None:
+        log.info("interrupted after epoch %d in an earlier run of this sweep, resumed from its %s: %s",
+                 epoch, LAST_FILE, run_dir)
+        cfg = resuming_from(cfg, run_dir)
     threads = job_threads(launcher, available_cores()) if not cfg.trainer.num_threads else 0
     if threads:
         torch.set_num_threads(threads)
@@ -93,13 +107,51 @@ def describe(exc: BaseException) -> str:
 
 def finished_before(run_dir: Path, config: Mapping) -> dict | None:
     """The stored result when ``run_dir`` holds a finished run of exactly this config."""
-    stored = stored_as_text(run_dir)
-    if not stored or stored.get("status") != FINISHED:
+    if stored_run(run_dir, config, FINISHED) is None:
         return None
+    return read_result(run_dir)
+
+
+def resumable_epoch(run_dir: Path, config: Mapping) -> int | None:
+    """The epoch to go on from when ``run_dir`` holds an interrupted run of exactly this config
+    with its ``last.pt`` and epochs left to train; None otherwise, or when the config sets
+    ``trainer.resume`` itself."""
+    trainer = config.get("trainer") or {}
+    stored = None if trainer.get("resume") else stored_run(run_dir, config, INTERRUPTED)
+    if stored is None or not (run_dir / LAST_FILE).is_file():
+        return None
+    epoch = _as_int(stored.get("epochs"))
+    return epoch if epoch and epoch < trainer.get("max_epochs", 0) else None
+
+
+def stored_run(run_dir: Path, config: Mapping, status: str) -> dict[str, str] | None:
+    """``run_dir``'s result.csv row (as text) when it says ``status`` and holds exactly this config.
+
+    A ``trainer.resume`` naming ``run_dir`` itself (a job this module resumed) counts as unset.
+    """
+    stored = stored_as_text(run_dir)
+    if not stored or stored.get("status") != status:
+        return None
+    if stored.get("trainer.resume") == str(run_dir):
+        stored["trainer.resume"] = ""
     current = as_csv_text(flatten_config(config))
     if any(stored.get(key) != value for key, value in current.items()):
         return None
-    return read_result(run_dir)
+    return stored
+
+
+def _as_int(text: str | None) -> int | None:
+    try:
+        return int(float(text))
+    except (TypeError, ValueError):
+        return None
+
+
+def resuming_from(cfg: DictConfig, run_dir: Path) -> DictConfig:
+    """A copy of ``cfg`` that goes on from ``run_dir``'s ``last.pt``."""
+    resumed = copy.deepcopy(cfg)
+    resumed.trainer.resume = str(run_dir)
+    return resumed
 
 
 def available_cores() -> int:
@@ -134,7 +186,12 @@ def run_dirs(root: Path) -> list[Path]:
 
 
 def job_row(run_dir: Path, root: Path) -> dict:
-    """One row of results.csv: job number, status, overrides, error, dir, then result.csv's row."""
+    """One row of results.csv: job number, status, overrides, error, dir, choices, then result.csv's row.
+
+    ``choices`` is the option each config group got, overridden or not ('task=adder model=hand_lstm
+    trainer=default', Hydra's own groups left out), so that a group one sweep did not override
+    still has a value when sweeps are compared.
+    """
     meta = _read_yaml(run_dir / ".hydra" / "hydra.yaml").get("hydra", {})
     overrides = _read_yaml(run_dir / ".hydra" / "overrides.yaml") or []
     result = read_result(run_dir)
@@ -142,12 +199,15 @@ def job_row(run_dir: Path, root: Path) -> dict:
         config = _read_yaml(run_dir / ".hydra" / "config.yaml") or {}
         result = flatten_config(config) | {"status": INCOMPLETE}
     num = (meta.get("job") or {}).get("num")
+    choices = (meta.get("runtime") or {}).get("choices") or {}
     lead = {
         "job": num if isinstance(num, int) else None,  # a single run has none
         "status": result.pop("status", INCOMPLETE),
         "overrides": " ".join(map(str, overrides)),
         "error": result.pop("error", ""),
         "dir": run_dir.relative_to(root).as_posix() if run_dir != root else ".",
+        "choices": " ".join(f"{group}={option}" for group, option in choices.items()
+                            if option is not None and not str(group).startswith("hydra/")),
     }
     return lead | result
 
@@ -163,11 +223,20 @@ def collect(root: Path) -> pd.DataFrame:
     """One row per run under ``root`` (finished, failed or incomplete), ordered by job number."""
     root = Path(root)
     rows = [job_row(d, root) for d in run_dirs(root)]
-    frame = pd.DataFrame(rows).convert_dtypes(convert_string=False)
+    frame = _nullable_numbers(pd.DataFrame(rows))
     if frame.empty:
         return pd.DataFrame(columns=LEAD_COLUMNS)
     frame = frame.sort_values(["job", "dir"], key=_natural, na_position="last", kind="stable")
     return frame[LEAD_COLUMNS + [c for c in frame.columns if c not in LEAD_COLUMNS]].reset_index(drop=True)
+
+
+def _nullable_numbers(frame: pd.DataFrame) -> pd.DataFrame:
+    """Numeric columns as pandas' nullable dtypes (a job number stays 3, not 3.0, beside a run
+    without one); text columns left as Python strings."""
+    converted = frame.convert_dtypes()
+    text = [c for c in frame.columns if converted[c].dtype == "string"]
+    converted[text] = frame[text]
+    return converted
 
 
 def _natural(column: pd.Series) -> pd.Series:
@@ -225,10 +294,8 @@ def close_open_sweep(interrupted: bool = False) -> SweepOutcome | None:
 def print_summary(outcome: SweepOutcome, interrupted: bool = False) -> None:
     from .report import short_table, swept_keys  # report builds on this module
 
-    counts = outcome.frame["status"].value_counts()
-    parts = [f"{counts.get(s, 0)} {s}" for s in (FINISHED, FAILED, INCOMPLETE) if counts.get(s, 0)]
     state = "interrupted" if interrupted else "done"
-    print(f"\nsweep {state}: {len(outcome.frame)} jobs ({', '.join(parts)}); "
+    print(f"\nsweep {state}: {len(outcome.frame)} jobs ({count_statuses(outcome.frame['status'])}); "
           f"results in {outcome.sweep_dir / RESULTS_FILE}")
     table = short_table(outcome.frame)
     if table:
@@ -238,6 +305,13 @@ def print_summary(outcome: SweepOutcome, interrupted: bool = False) -> None:
         lines = [f"  job {_job(r.job)} [{_shown(r.overrides, varying)}]: {r.error}" for r in outcome.failed.itertuples()]
         print(f"{len(lines)} failed job(s):\n" + "\n".join(lines), file=sys.stderr)
     sys.stdout.flush()
+
+
+def count_statuses(statuses: pd.Series) -> str:
+    """'2 finished, 1 interrupted': each status present, in the order of STATUSES, then any other."""
+    counts = statuses.astype(str).value_counts()
+    order = [s for s in STATUSES if s in counts] + sorted(s for s in counts.index if s not in STATUSES)
+    return ", ".join(f"{counts[s]} {s}" for s in order)
 
 
 def _shown(overrides: str, keys: list[str]) -> str:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 import torch
 from matplotlib.image import imread
 
-from lstmlab.plots import is_loss_column, write_curves, write_figures
+from lstmlab.plots import is_loss_column, main, write_curves, write_figures
 from lstmlab.tasks.base import Curve, LinePlot
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -48,3 +49,35 @@ def test_task_figures_are_written_by_name(tmp_path):
     (path,) = write_figures(tmp_path, {"prediction": plot})
     assert path == tmp_path / "prediction.png" and path.read_bytes().startswith(PNG)
     assert write_figures(tmp_path, {}) == []
+
+
+def test_the_command_redraws_each_run_and_prints_the_paths(tmp_path, capsys):
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        _metrics(tmp_path / name, train_loss=[1.0, 0.5, 0.2, 0.1, 0.05])
+    assert main([str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    assert capsys.readouterr().out.splitlines() == [str(tmp_path / "a" / "curves.png"), str(tmp_path / "b" / "curves.png")]
+    assert (tmp_path / "b" / "curves.png").read_bytes().startswith(PNG)
+
+
+def test_the_command_refuses_what_is_not_a_run_directory(tmp_path, capsys):
+    _metrics(tmp_path, train_loss=[1.0, 0.5, 0.2, 0.1, 0.05])
+    nope = tmp_path / "nope"
+    assert main([str(tmp_path), str(nope)]) == 2
+    out, err = capsys.readouterr()
+    assert (out, err) == ("", f"python -m lstmlab.plots: error: {nope}: no metrics.csv (expected a run directory)\n")
+    assert not (tmp_path / "curves.png").exists()  # nothing drawn when one of them is wrong
+    pd.DataFrame(columns=["epoch", "step", "seconds", "train_loss"]).to_csv(tmp_path / "metrics.csv", index=False)
+    assert main([str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (f"python -m lstmlab.plots: error: {tmp_path / 'metrics.csv'}: "
+                                       "no epochs yet, nothing to draw\n")
+
+
+def test_the_command_has_help_and_needs_a_run_directory(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.startswith("usage: python -m lstmlab.plots [-h] RUN_DIR")
+    with pytest.raises(SystemExit) as exit_:
+        main([])
+    assert exit_.value.code == 2 and "the following arguments are required: RUN_DIR" in capsys.readouterr().err

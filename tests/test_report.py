@@ -5,13 +5,16 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
+from matplotlib.image import imread
 from conftest import ROOT
 
-from lstmlab.report import format_frame, main, summarise, to_markdown
+from lstmlab.report import format_frame, main, plot, summarise, to_markdown
 
 REPORT = Path(sys.executable).parent / "lstmlab-report"
 
@@ -122,3 +125,48 @@ def test_a_misspelt_metric_is_refused_with_the_metrics_there_are(tmp_path, capsy
     assert main([str(tmp_path / "results.csv"), "--metrics", "test_loss,acc"]) == 0
     assert pd.read_csv(tmp_path / "report.csv").columns.tolist()[-5:] == [
         "test_loss_mean", "test_loss_std", "acc_mean", "acc_std", "best"]
+
+
+def test_the_plot_stays_readable_with_many_runs(tmp_path):
+    """12 runs (2 seeds) in 6 settings with long values: one legend entry a setting, axes not squeezed."""
+    runs = []
+    for job in range(12):
+        setting, run_dir = job % 6, tmp_path / str(job)
+        run_dir.mkdir()
+        pd.DataFrame({"epoch": [1, 2], "acc": [0.1, 0.2 + job / 100]}).to_csv(run_dir / "metrics.csv", index=False)
+        runs.append(f"model=torch_lstm_{setting % 3} model.hidden_size={8 * (setting // 3 + 1)} "
+                    f"trainer.optimizer.lr=0.00{setting + 1} task.encoding=serial_with_a_long_name_{setting % 2} "
+                    f"trainer.optimizer._target_=torch.optim.a_long_optimizer_name_{setting} seed={job // 6}")
+    frame = rows(status="finished", overrides=runs, dir=[str(tmp_path / str(job)) for job in range(12)],
+                 acc=[0.2 + job / 100 for job in range(12)])
+    summary, keys, _ = summarise(frame)
+    assert len(summary) == 6
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        path = plot(frame, summary, keys, "acc", tmp_path / "report.png")
+    assert [str(w.message) for w in caught if "constrained_layout" in str(w.message)] == []
+    assert imread(path).shape[1] == 1320  # 11 inches at 120 dpi: the legends make it taller, not wider
+
+
+def hydra_run(run_dir: Path, overrides: list[str], choices: dict, acc: float) -> Path:
+    """A run directory as lstmlab leaves it: .hydra/{hydra,overrides}.yaml and result.csv."""
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    hydra = {"hydra": {"runtime": {"choices": choices | {"hydra/launcher": "basic", "experiment": None}},
+                       "job": {"num": 0}}}
+    (run_dir / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(hydra))
+    rows(status=["finished"], acc=[acc], seed=[0]).to_csv(run_dir / "result.csv", index=False)
+    return run_dir
+
+
+def test_a_config_group_one_sweep_left_at_its_default(tmp_path, capsys):
+    """Sweep a set model=torch_lstm, sweep b did not: b's runs show the model they ran, hand_lstm."""
+    hydra_run(tmp_path / "a" / "0", ["model=torch_lstm", "seed=0"], {"task": "adder", "model": "torch_lstm"}, 0.9)
+    hydra_run(tmp_path / "b" / "0", ["seed=0"], {"task": "adder", "model": "hand_lstm"}, 0.8)
+    assert main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "r")]) == 0
+    assert pd.read_csv(tmp_path / "r.csv")["model"].tolist() == ["hand_lstm", "torch_lstm"]
+    assert "| hand_lstm | 1 | 0.8 |" in (tmp_path / "r.md").read_text()
+    # and a group both set the same way, one of them by default, is not a swept key
+    hydra_run(tmp_path / "c" / "0", ["model=hand_lstm", "seed=0"], {"task": "adder", "model": "hand_lstm"}, 0.7)
+    assert main([str(tmp_path / "b"), str(tmp_path / "c"), "--out", str(tmp_path / "r")]) == 0
+    assert "model" not in pd.read_csv(tmp_path / "r.csv")

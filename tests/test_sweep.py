@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
+from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import LAB, ROOT, results, sweep
+from conftest import LAB, ROOT, read_result, results, sweep
 
-from lstmlab.sweep import job_threads, parse_overrides
+from lstmlab.report import summarise
+from lstmlab.sweep import SweepOutcome, job_threads, parse_overrides, print_summary
 
 # columns that differ between two runs of the same jobs: timings, and where the job ran
 VOLATILE = ["train_seconds", "threads"]
@@ -69,6 +72,124 @@ def test_rerunning_an_interrupted_sweep_runs_only_the_missing_jobs(interrupted, 
     table = results(sweep_dir)
     assert list(table["status"]) == ["finished"] * 3
     assert list(table["seed"]) == [0, 1, 2]
+
+
+# 30 short epochs of the adder: job 0 is still training when its first epoch is saved. One thread on
+# the CPU, so that a job resumed from its last.pt agrees bit for bit with one never stopped.
+RESUMABLE = ["task.train_size=2000", "task.test_size=100", "task.eval_size=100", "task.eval_bits=[16]",
+             "trainer.max_epochs=30", "trainer.target_metric=null", "trainer.progress=false",
+             "trainer.num_threads=1", "trainer.device=cpu"]
+THREE_JOBS = "model.hidden_size=4,8,16"
+FINAL_COLUMNS = ["train_loss", "test_loss", "test_acc", "exhaustive_acc", "acc_16bit", "epochs", "stop_reason"]
+
+
+def resumable_sweep(sweep_dir: Path, *overrides: str) -> list[str]:
+    return [str(LAB), "-m", *overrides, *RESUMABLE, f"hydra.sweep.dir={sweep_dir}"]
+
+
+def run(command: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600)
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300.0) -> None:
+    """Polls for ``path``, waiting on the process between polls; fails if it exits first."""
+    for _ in range(int(timeout / 0.02)):
+        if path.exists():
+            return
+        try:
+            proc.wait(timeout=0.02)
+        except subprocess.TimeoutExpired:
+            continue
+        pytest.fail(f"lstmlab exited ({proc.returncode}) before writing {path}: {proc.stderr.read()[-2000:]}")
+    pytest.fail(f"no {path} after {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def stopped_in_job_0(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
+    """model.hidden_size=4,8,16 with a real SIGINT once job 0 has saved its first epoch's last.pt."""
+    sweep_dir = tmp_path_factory.mktemp("stopped_in_job_0")
+    proc = subprocess.Popen(resumable_sweep(sweep_dir, THREE_JOBS), cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for(sweep_dir / "0" / "last.pt", proc)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err), sweep_dir
+
+
+def test_an_interrupted_job_is_counted_in_the_summary(stopped_in_job_0):
+    proc, sweep_dir = stopped_in_job_0
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    assert f"sweep interrupted: 1 jobs (1 interrupted); results in {sweep_dir / 'results.csv'}" in proc.stdout
+    table = results(sweep_dir)
+    assert list(table["status"]) == ["interrupted"]
+    summary, _, _ = summarise(table)
+    assert summary.loc[0, ["runs", "failed", "incomplete"]].tolist() == [0, 0, 1]
+
+
+def test_rerunning_a_sweep_resumes_its_interrupted_job(stopped_in_job_0, tmp_path):
+    _, source = stopped_in_job_0
+    sweep_dir = tmp_path / "sweep"
+    shutil.copytree(source, sweep_dir)
+    stopped = read_result(sweep_dir / "0")
+    assert stopped["status"] == "interrupted" and 1 <= stopped["epochs"] < 30
+    kept = pd.read_csv(sweep_dir / "0" / "metrics.csv")
+
+    rerun = run(resumable_sweep(sweep_dir, THREE_JOBS))
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert (f"interrupted after epoch {stopped['epochs']} in an earlier run of this sweep, "
+            f"resumed from its last.pt: {sweep_dir / '0'}") in rerun.stdout
+    table = results(sweep_dir)
+    assert list(table["status"]) == ["finished"] * 3 and list(table["model.hidden_size"]) == [4, 8, 16]
+    assert list(table["epochs"]) == [30] * 3
+
+    reference = tmp_path / "reference"  # job 0 never stopped
+    assert run(resumable_sweep(reference, "model.hidden_size=4")).returncode == 0
+    ours, theirs = pd.read_csv(sweep_dir / "0" / "metrics.csv"), pd.read_csv(reference / "0" / "metrics.csv")
+    assert ours["epoch"].tolist() == list(range(1, 31))
+    pd.testing.assert_frame_equal(ours.head(len(kept)), kept)  # the epochs done before are kept, not trained again
+    pd.testing.assert_frame_equal(ours.drop(columns="seconds"), theirs.drop(columns="seconds"), check_exact=True)
+    assert table.loc[0, FINAL_COLUMNS].tolist() == results(reference).loc[0, FINAL_COLUMNS].tolist()
+
+    again = run(resumable_sweep(sweep_dir, THREE_JOBS))  # the resumed job counts as finished too
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout.count("not run again") == 3
+
+
+def status_frame() -> pd.DataFrame:
+    """A results.csv with one job of each status lstmlab writes and one it does not, over seeds."""
+    statuses = ["incomplete", "finished", "diverged", "interrupted", "failed", "finished", "cancelled"]
+    jobs = range(len(statuses))
+    return pd.DataFrame({
+        "job": jobs, "status": statuses, "overrides": [f"seed={j}" for j in jobs], "dir": [str(j) for j in jobs],
+        "error": ["" if s != "failed" else "model.hidden_size=0: expected a number >= 1" for s in statuses],
+        "seed": jobs, "test_loss": [0.1] * len(statuses), "params": 133, "epochs": 2, "train_seconds": 1.0,
+        "monitor": "test_loss", "monitor_mode": "min",
+    })
+
+
+def test_the_summary_line_counts_every_status(tmp_path, capsys):
+    print_summary(SweepOutcome(tmp_path, status_frame()))
+    first = capsys.readouterr().out.strip().splitlines()[0]
+    assert first == (f"sweep done: 7 jobs (2 finished, 1 failed, 1 diverged, 1 interrupted, 1 incomplete, "
+                     f"1 cancelled); results in {tmp_path / 'results.csv'}")
+
+
+def test_the_summary_of_a_sweep_whose_jobs_all_failed_lists_them(tmp_path, capsys):
+    frame = status_frame()[["job", "status", "overrides", "dir", "error", "seed"]].assign(status="failed")
+    print_summary(SweepOutcome(tmp_path, frame))
+    captured = capsys.readouterr()
+    assert "sweep done: 7 jobs (7 failed)" in captured.out
+    assert "7 failed job(s):" in captured.err
+
+
+def test_the_report_counts_diverged_jobs_as_failed_and_interrupted_ones_as_incomplete():
+    summary, _, _ = summarise(status_frame())
+    assert summary.loc[0, ["runs", "failed", "incomplete"]].tolist() == [2, 2, 2]
 
 
 def test_optuna_sweeper_uses_the_returned_objective(tmp_path):
