@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import LabError
+from .errors import LabError, first_line
 
 FORMAT = "lstmlab-checkpoint"
 FORMAT_VERSION = 1
@@ -137,7 +137,7 @@ def read_torch_file(path: Path | str, what: str) -> Any:
         raise LabError(f"{path}: not an lstmlab {what}: it holds objects other than tensors and plain values "
                        "(refused by torch.load(weights_only=True))") from None
     except (RuntimeError, EOFError, ValueError, OSError) as exc:
-        raise LabError(f"{path}: not a readable {what}: {_first_line(exc)[:200]}") from None
+        raise LabError(f"{path}: not a readable {what}: {first_line(exc)[:200]}") from None
 
 
 def _unreadable(path: Path) -> str | None:
@@ -187,11 +187,6 @@ def load_weights(path: Path | str) -> dict[str, torch.Tensor]:
 def _is_state_dict(data: Any) -> bool:
     return isinstance(data, dict) and bool(data) and all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in data.items())
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 # ---------------------------------------------------------------- resuming

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import checkpoint, interrupts, sweep
 from .errors import LabError, one_line
 from .models import SequenceModel
-from .results import RunRecorder
+from .results import RUN_COLUMNS, RunRecorder, run_summary
 from .schema import register_configs, validate
 from .trainer import Diverged
 
@@ -89,8 +89,9 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> d
         recorder.save_model(net.state_dict())
         recorder.flush_metrics()
         write_plots(run_dir, task, trainer.predictor(net))
-        final = _final_metrics(fit.metrics)
-        summary = final | _run_columns(fit.epochs, fit.stop_reason, fit.train_seconds, "finished", about)
+        summary = run_summary(fit.metrics, epochs=fit.epochs, stop_reason=fit.stop_reason,
+                              train_seconds=fit.train_seconds, status="finished", about=about)
+        final = {k: v for k, v in summary.items() if k not in RUN_COLUMNS}
         recorder.write_result(config, summary)
     print(" | ".join(f"{k} {_fmt(v)}" for k, v in final.items()))
     print(f"stopped after {fit.epochs} epoch{'' if fit.epochs == 1 else 's'} ({fit.stop_reason})")
@@ -108,17 +109,6 @@ def _end_epoch(recorder: RunRecorder, state) -> None:
         recorder.end_epoch(state)
 
 
-def _final_metrics(row: dict) -> dict:
-    return {k: v for k, v in row.items() if k not in ("epoch", "step", "seconds")}
-
-
-def _run_columns(epochs, stop_reason, train_seconds, status, about: dict) -> dict:
-    """result.csv's columns after the metrics; ``about``: params, device, threads, monitor, monitor_mode."""
-    return {"epochs": epochs, "stop_reason": stop_reason, "params": about["params"],
-            "train_seconds": round(train_seconds, 3), **{k: v for k, v in about.items() if k != "params"},
-            "status": status}
-
-
 class _Stopped:
     """Writes result.csv and says what happened when a run stops before it finishes."""
 
@@ -129,8 +119,8 @@ class _Stopped:
     def _write(self, status: str) -> dict:
         rows = self.recorder.rows
         last = rows[-1] if rows else {}
-        summary = _final_metrics(last) | _run_columns(last.get("epoch", 0), status, last.get("seconds", 0.0),
-                                                      status, self.about)
+        summary = run_summary(last, epochs=last.get("epoch", 0), stop_reason=status,
+                              train_seconds=last.get("seconds", 0.0), status=status, about=self.about)
         self.recorder.write_result(self.config, summary)
         return summary
 

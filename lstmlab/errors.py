@@ -17,19 +17,20 @@ def one_line(exc: BaseException) -> str:
     if isinstance(exc, MissingConfigException):
         return _missing_option(exc)
     if isinstance(exc, OSError) and exc.filename:
-        return f"{exc.filename}: {exc.strerror or _first_line(exc)}"
+        return f"{exc.filename}: {exc.strerror or first_line(exc)}"
     cause = exc.__cause__ if exc.__cause__ is not None else exc
     if isinstance(exc, InstantiationException) and isinstance(cause, (ValueError, TypeError, LabError)):
-        return _first_line(cause)
+        return first_line(cause)
     if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
-        message = _first_line(cause)
+        message = first_line(cause)
         if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and "not in" in message:
             message = f"no such key{_expected_keys(cause)}"
         return f"{cause.full_key}: {message}"
-    return _first_line(exc)
+    return first_line(exc)
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The exception's message up to its first line break (its type's name if it has none)."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
@@ -43,7 +44,7 @@ def _missing_option(exc) -> str:
     group, _, option = missing.rpartition("/")
     if group and options:
         return f"{group}={option}: no such option; expected one of: {', '.join(options)}"
-    return _first_line(exc)
+    return first_line(exc)
 
 
 def _expected_keys(cause) -> str:

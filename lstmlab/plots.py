@@ -19,11 +19,11 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 
-from .results import METRICS_FILE, atomic_write_bytes
+from .errors import first_line
+from .results import BOOKKEEPING, METRICS_FILE, atomic_write_bytes
 from .tasks.base import LinePlot
 
 CURVES_FILE = "curves.png"
-_BOOKKEEPING = ("epoch", "step", "seconds")
 _LINE_STYLES = ("-", "--", ":", "-.")  # lines that coincide (train_loss, train_mse) stay visible
 
 
@@ -57,7 +57,7 @@ def write_curves(run_dir: Path | str) -> Path | None:
         return None
     from matplotlib.ticker import MaxNLocator
 
-    columns = [c for c in metrics.columns if c not in _BOOKKEEPING]
+    columns = [c for c in metrics.columns if c not in BOOKKEEPING]
     losses = [c for c in columns if is_loss_column(c)]
     others = [c for c in columns if not is_loss_column(c) and pd.api.types.is_numeric_dtype(metrics[c])]
     panels = [p for p in ((losses, "loss (log scale)", True), (others, "metric", False)) if p[0]]
@@ -114,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             written = write_curves(directory)
         except (ValueError, KeyError, UnicodeDecodeError) as exc:  # pandas' parser errors are ValueErrors
-            return _error(f"{Path(directory) / METRICS_FILE}: not a table of epochs ({_first_line(exc)})")
+            return _error(f"{Path(directory) / METRICS_FILE}: not a table of epochs ({_what_is_wrong(exc)})")
         if written is None:
             return _error(f"{Path(directory) / METRICS_FILE}: no epochs yet, nothing to draw")
         print(written)
@@ -126,11 +126,8 @@ def _error(message: str) -> int:
     return 2
 
 
-def _first_line(exc: BaseException) -> str:
-    if isinstance(exc, KeyError):
-        return f"no column {exc.args[0]}"
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:120]
+def _what_is_wrong(exc: BaseException) -> str:
+    return f"no column {exc.args[0]}" if isinstance(exc, KeyError) else first_line(exc)[:120]
 
 
 if __name__ == "__main__":

@@ -19,14 +19,14 @@ from typing import Sequence
 
 import pandas as pd
 
-from .errors import LabError
+from .errors import LabError, first_line
 from .plots import new_figure, save_png
-from .results import METRICS_FILE, RESULTS_FILE, atomic_write_bytes, atomic_write_csv
+from .results import METRICS_FILE, RESULTS_FILE, RUN_COLUMNS, atomic_write_bytes, atomic_write_csv
 from .sweep import DIVERGED, FAILED, FINISHED, INCOMPLETE, INTERRUPTED, collect, parse_overrides, run_dirs
 
 COUNTED_AS_FAILED = (FAILED, DIVERGED)  # ended without a usable final metric
 COUNTED_AS_INCOMPLETE = (INCOMPLETE, INTERRUPTED)  # stopped on the way; a re-run of the sweep goes on
-NOT_METRICS = {"job", "choices", "seed", "epochs", "train_seconds", "threads", "train_loss", "params", "sec_per_epoch"}
+NOT_METRICS = {"job", "choices", "seed", "train_loss", "sec_per_epoch", *RUN_COLUMNS}  # of results.csv
 
 
 # ---------------------------------------------------------------- reading
@@ -61,8 +61,7 @@ def _read_csv(path: Path) -> pd.DataFrame:
     try:
         return pd.read_csv(path)
     except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise LabError(f"{path}: not a CSV table of runs ({detail[:120]})") from None
+        raise LabError(f"{path}: not a CSV table of runs ({first_line(exc)[:120]})") from None
 
 
 # ---------------------------------------------------------------- the table
@@ -103,7 +102,7 @@ def default_metrics(frame: pd.DataFrame) -> list[str]:
     monitor, _ = monitor_of(frame)
     numeric = [
         c for c in frame.columns
-        if "." not in c and c not in NOT_METRICS and c not in ("monitor", "monitor_mode")
+        if "." not in c and c not in NOT_METRICS
         and pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])
     ]
     metrics = ([monitor] if monitor in numeric else []) + [c for c in numeric if c != monitor]

@@ -2,12 +2,14 @@
 
 A run directory holds:
 
-- ``metrics.csv``: one row per epoch: ``epoch, step, seconds, train_loss``, then each metric
-  the task's ``evaluate`` returns (e.g. ``test_loss, test_acc, exhaustive_acc``).
+- ``metrics.csv``: one row per epoch: ``EPOCH_COLUMNS`` (``epoch, step, seconds,
+  train_loss``), then each metric the task's ``evaluate`` returns (e.g. ``test_loss,
+  test_acc, exhaustive_acc``); see :func:`epoch_row`.
 - ``result.csv``: one row: the resolved config flattened to dotted columns
-  (``model.hidden_size``, ...), then the final metrics, ``epochs``, ``stop_reason``,
-  ``params``, ``train_seconds``, ``device``, ``status``. It is written last: a run
-  without it did not finish.
+  (``model.hidden_size``, ...), then the final metrics, then ``RUN_COLUMNS`` (``epochs``,
+  ``stop_reason``, ``params``, ``train_seconds``, ``device``, ``threads``, ``monitor``,
+  ``monitor_mode``, ``status``); see :func:`run_summary`. It is written last; ``status`` says
+  how the run ended (finished, interrupted, diverged, failed).
 - ``model.pt``: the trained state_dict (``torch.load(path, weights_only=True)``).
 - ``last.pt``: a checkpoint at the end of every epoch, to resume from (``trainer.resume``);
   ``best.pt``: the same, from the epoch where the monitored metric was best so far.
@@ -38,6 +40,26 @@ RESULT_FILE = "result.csv"
 MODEL_FILE = "model.pt"
 RESULTS_FILE = "results.csv"
 TRACEBACK_FILE = "traceback.txt"
+
+EPOCH_COLUMNS = ("epoch", "step", "seconds", "train_loss")  # metrics.csv's first columns
+BOOKKEEPING = EPOCH_COLUMNS[:3]  # the ones that are not metrics
+RUN_COLUMNS = ("epochs", "stop_reason", "params", "train_seconds", "device", "threads", "monitor",
+               "monitor_mode", "status")  # result.csv's last columns
+
+
+def epoch_row(epoch: int, step: int, seconds: float, train_loss: float) -> dict:
+    """The first columns of an epoch's row in metrics.csv; the task's metrics are added to it."""
+    return dict(zip(EPOCH_COLUMNS, (epoch, step, seconds, train_loss)))
+
+
+def run_summary(last_row: Mapping, *, epochs: int, stop_reason: str, train_seconds: float, status: str,
+                about: Mapping) -> dict:
+    """result.csv's columns after the config: the last epoch's metrics, then RUN_COLUMNS
+    (``about`` gives params, device, threads, monitor and monitor_mode)."""
+    metrics = {k: v for k, v in last_row.items() if k not in BOOKKEEPING}
+    run = {"epochs": epochs, "stop_reason": stop_reason, "train_seconds": round(train_seconds, 3),
+           "status": status, **about}
+    return metrics | {column: run[column] for column in RUN_COLUMNS}
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

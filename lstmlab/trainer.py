@@ -15,6 +15,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .checkpoint import TrainState
 from .errors import LabError
+from .results import epoch_row
 from .tasks.base import Batch, Predict, Task
 
 log = logging.getLogger("lstmlab")
@@ -138,7 +139,7 @@ class Trainer:
         with bar, logging_redirect_tqdm(), torch.autograd.set_detect_anomaly(self.detect_anomaly):
             for epoch in range(first, self.max_epochs + 1):
                 train_loss, step = self._train_epoch(net, run, task, optimizer, generator, bar, epoch, step)
-                row = {"epoch": epoch, "step": step, "seconds": 0.0, "train_loss": train_loss}
+                row = epoch_row(epoch, step, 0.0, train_loss)
                 if self._evaluates(epoch, train_loss):
                     row.update(self.evaluate(net, task, run))
                 row["seconds"] = round(time.perf_counter() - begin, 4)

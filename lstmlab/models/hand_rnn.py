@@ -32,7 +32,7 @@ def rnn_direction(x, h, w_ih, w_hh, b_ih, b_hh, lengths=None, activation=torch.t
     outs, ended = [], []
     for t, n in enumerate(running.sizes):
         (h,) = drop_ended((h,), n, ended)  # sequences that have ended keep their state
-        h = activation(products.step(t, h))  # h_t = tanh(W x_t + U h_{t-1} + b)
+        h = activation(products.step(t, h))  # h_t = φ(W x_t + U h_{t-1} + b), φ = tanh or relu
         outs.append(h)
     (h,) = final_state((h,), ended)
     return running.padded(torch.cat(outs) if outs else x.new_zeros(0, h.shape[1])), h
