@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .checkpoint import TrainState
-from .errors import LabError
+from .errors import LabError, first_line
 from .results import epoch_row
 from .tasks.base import Batch, Predict, Task
 
@@ -167,7 +167,7 @@ class Trainer:
         try:
             return self.make_optimizer(net.parameters())
         except (TypeError, ValueError) as exc:  # an argument the optimizer does not take, or a bad value
-            raise LabError(f"trainer.optimizer: {str(exc).strip().splitlines()[0]}") from None
+            raise LabError(f"trainer.optimizer: {first_line(exc)}") from None
 
     def monitor_of(self, task: Task) -> tuple[str, str]:
         """The metric to watch, the trainer's if set, else the task's; and its mode (max | min),
