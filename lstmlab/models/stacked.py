@@ -4,9 +4,10 @@ A subclass says how many weight blocks a cell has (``gates``: 4 for the LSTM, 1 
 plain RNN), how many state tensors it carries (``state_size``: 2 for (h, c), 1 for h) and
 which function runs one direction of one layer over a whole sequence::
 
-    run(x, *state, *weights, running) -> (out, *final_state)
+    run(x, *state, *weights, lengths) -> (out, *final_state)
 
-where ``running`` (a :class:`~lstmlab.models.variable_length.RunningRows`) says which rows run
+where ``lengths`` (here always a :class:`~lstmlab.models.variable_length.RunningRows`; the
+functions also take a tensor of lengths, or None, and make one of it) says which rows run
 at each step and in which order a sequence is read (the reverse direction reads each one from
 its own last step). A padded batch runs sorted longest first: the rows are put in that order
 once, before the first layer, and back after the last.
