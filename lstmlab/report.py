@@ -248,6 +248,12 @@ def _plot_vs_key(ax, summary: pd.DataFrame, keys: list[str], metric: str):
     x = pd.to_numeric(summary[x_key])
     if x.min() > 0 and x.nunique() > 2:
         ax.set_xscale("log", base=2)
+    values = sorted(x.unique())
+    if len(values) <= 12:  # a tick at each value swept (4, 8, 16), none between them
+        from matplotlib.ticker import NullLocator
+
+        ax.set_xticks(values, [f"{v:g}" for v in values])
+        ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xlabel(x_key)
     return (styles, _entries([values for values, _ in groups]), rest) if rest else None
 
@@ -264,6 +270,9 @@ def _plot_curves(ax, frame: pd.DataFrame, summary: pd.DataFrame, keys: list[str]
             continue
         ax.plot(curve["epoch"], curve[metric], alpha=0.7, markersize=3, **styles.get(setting, {"color": "grey"}))
         drawn += 1
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric)
     ax.set_title(f"learning curves (one line per run, {drawn} runs)" if drawn else

@@ -170,3 +170,20 @@ def test_a_config_group_one_sweep_left_at_its_default(tmp_path, capsys):
     hydra_run(tmp_path / "c" / "0", ["model=hand_lstm", "seed=0"], {"task": "adder", "model": "hand_lstm"}, 0.7)
     assert main([str(tmp_path / "b"), str(tmp_path / "c"), "--out", str(tmp_path / "r")]) == 0
     assert "model" not in pd.read_csv(tmp_path / "r.csv")
+
+
+def test_the_plot_ticks_each_swept_value_and_whole_epochs(tmp_path):
+    from lstmlab.plots import new_figure
+    from lstmlab.report import _plot_curves, _plot_vs_key
+
+    frame = sweep_frame().iloc[:4]
+    for j, row in frame.iterrows():
+        (tmp_path / str(j)).mkdir()
+        pd.DataFrame({"epoch": [1, 2, 3], "acc": [0.1, 0.2, 0.3 + j / 10]}).to_csv(tmp_path / str(j) / "metrics.csv")
+    frame = frame.assign(dir=[str(tmp_path / str(j)) for j in frame.index])
+    summary, keys, _ = summarise(frame)
+    left, right = new_figure(11.0, 4.0).subplots(1, 2)
+    _plot_vs_key(left, summary, keys, "acc")
+    _plot_curves(right, frame, summary, keys, "acc")
+    assert list(left.get_xticks()) == [4, 8]
+    assert all(tick == int(tick) for tick in right.get_xticks())
