@@ -295,7 +295,8 @@ def print_summary(outcome: SweepOutcome, interrupted: bool = False) -> None:
     from .report import short_table, swept_keys  # report builds on this module
 
     state = "interrupted" if interrupted else "done"
-    print(f"\nsweep {state}: {len(outcome.frame)} jobs ({count_statuses(outcome.frame['status'])}); "
+    jobs = len(outcome.frame)
+    print(f"\nsweep {state}: {jobs} job{'' if jobs == 1 else 's'} ({count_statuses(outcome.frame['status'])}); "
           f"results in {outcome.sweep_dir / RESULTS_FILE}")
     table = short_table(outcome.frame)
     if table:

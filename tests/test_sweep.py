@@ -124,7 +124,7 @@ def stopped_in_job_0(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Pat
 def test_an_interrupted_job_is_counted_in_the_summary(stopped_in_job_0):
     proc, sweep_dir = stopped_in_job_0
     assert proc.returncode == 130, proc.stderr[-2000:]
-    assert f"sweep interrupted: 1 jobs (1 interrupted); results in {sweep_dir / 'results.csv'}" in proc.stdout
+    assert f"sweep interrupted: 1 job (1 interrupted); results in {sweep_dir / 'results.csv'}" in proc.stdout
     table = results(sweep_dir)
     assert list(table["status"]) == ["interrupted"]
     summary, _, _ = summarise(table)
