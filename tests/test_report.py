@@ -14,7 +14,8 @@ import yaml
 from matplotlib.image import imread
 from conftest import ROOT
 
-from lstmlab.report import format_frame, main, plot, summarise, to_markdown
+from lstmlab.plots import new_figure
+from lstmlab.report import _plot_curves, _plot_vs_key, format_frame, main, plot, summarise, to_markdown
 
 REPORT = Path(sys.executable).parent / "lstmlab-report"
 
@@ -173,11 +174,8 @@ def test_a_config_group_one_sweep_left_at_its_default(tmp_path, capsys):
 
 
 def test_the_plot_ticks_each_swept_value_and_whole_epochs(tmp_path):
-    from lstmlab.plots import new_figure
-    from lstmlab.report import _plot_curves, _plot_vs_key
-
     frame = sweep_frame().iloc[:4]
-    for j, row in frame.iterrows():
+    for j in frame.index:
         (tmp_path / str(j)).mkdir()
         pd.DataFrame({"epoch": [1, 2, 3], "acc": [0.1, 0.2, 0.3 + j / 10]}).to_csv(tmp_path / str(j) / "metrics.csv")
     frame = frame.assign(dir=[str(tmp_path / str(j)) for j in frame.index])
