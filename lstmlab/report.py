@@ -22,7 +22,7 @@ import pandas as pd
 from .errors import LabError, first_line
 from .plots import new_figure, save_png
 from .results import METRICS_FILE, RESULTS_FILE, RUN_COLUMNS, atomic_write_bytes, atomic_write_csv
-from .sweep import DIVERGED, FAILED, FINISHED, INCOMPLETE, INTERRUPTED, collect, parse_overrides, run_dirs
+from .runs import DIVERGED, FAILED, FINISHED, INCOMPLETE, INTERRUPTED, collect, count_statuses, parse_overrides, run_dirs
 
 COUNTED_AS_FAILED = (FAILED, DIVERGED)  # ended without a usable final metric
 COUNTED_AS_INCOMPLETE = (INCOMPLETE, INTERRUPTED)  # stopped on the way; a re-run of the sweep goes on
@@ -194,6 +194,35 @@ def short_table(frame: pd.DataFrame) -> str:
     wanted = [m for m in (monitor, "test_loss", "params", "sec_per_epoch") if m]
     summary, keys, metrics = summarise(frame, metrics=wanted)
     return to_text(format_frame(summary, keys, metrics)) if len(summary) else ""
+
+
+# ---------------------------------------------------------------- the end of a sweep
+def print_summary(sweep_dir: Path, frame: pd.DataFrame, interrupted: bool = False) -> None:
+    """What the terminal shows when a sweep ends: its jobs by status, the short table, and the
+    failed jobs with their errors (on stderr)."""
+    state = "interrupted" if interrupted else "done"
+    jobs = len(frame)
+    print(f"\nsweep {state}: {jobs} job{'' if jobs == 1 else 's'} ({count_statuses(frame['status'])}); "
+          f"results in {Path(sweep_dir) / RESULTS_FILE}")
+    table = short_table(frame)
+    if table:
+        print(table)
+    failed = frame[frame["status"] == FAILED]
+    if len(failed):
+        varying = swept_keys(frame, over=())
+        lines = [f"  job {_job(r.job)} [{_shown(r.overrides, varying)}]: {r.error}" for r in failed.itertuples()]
+        print(f"{len(lines)} failed job(s):\n" + "\n".join(lines), file=sys.stderr)
+    sys.stdout.flush()
+
+
+def _shown(overrides: str, keys: list[str]) -> str:
+    """The overrides that tell the jobs of the sweep apart (all of them if none do)."""
+    parsed = parse_overrides(overrides)
+    return " ".join(f"{k}={parsed[k]}" for k in keys if k in parsed) or overrides
+
+
+def _job(value) -> str:
+    return "?" if pd.isna(value) else str(int(value))
 
 
 # ---------------------------------------------------------------- the plot

@@ -17,7 +17,7 @@ A run directory holds:
 
 A job of a sweep that fails writes ``result.csv`` with ``status=failed`` and ``error`` (one
 line) and ``traceback.txt``, no ``model.pt``. A sweep directory gets ``results.csv``: one row
-per job (``lstmlab/sweep.py`` builds it).
+per job (``lstmlab/runs.py`` builds it).
 """
 
 from __future__ import annotations

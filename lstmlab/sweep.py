@@ -6,8 +6,9 @@
   that was interrupted with the same config goes on from its ``last.pt``.
 - :func:`job_threads` splits the cores between jobs that run side by side.
 - :class:`SweepResults` (a Hydra callback, see ``conf/config.yaml``) rebuilds the sweep's
-  ``results.csv`` from its jobs when the multirun ends and prints a summary; the console
-  entry does the same when a sweep is interrupted or aborted (:func:`close_open_sweep`).
+  ``results.csv`` from its jobs (:func:`lstmlab.runs.collect`) when the multirun ends and
+  prints a summary (:func:`lstmlab.report.print_summary`); the console entry does the same
+  when a sweep is interrupted or aborted (:func:`close_open_sweep`).
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ import copy
 import logging
 import math
 import os
-import shlex
-import sys
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,28 +24,17 @@ from typing import Any, Callable, Mapping
 
 import pandas as pd
 import torch
-import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from .checkpoint import LAST_FILE
 from .errors import LabError, one_line
-from .results import (
-    RESULTS_FILE,
-    RunRecorder,
-    as_csv_text,
-    flatten_config,
-    read_result,
-    stored_as_text,
-    write_results,
-)
+from .report import print_summary
+from .results import RunRecorder, as_csv_text, flatten_config, read_result, stored_as_text, write_results
+from .runs import FAILED, FINISHED, INTERRUPTED, collect
 
 log = logging.getLogger("lstmlab")
 
-FINISHED, FAILED, DIVERGED, INTERRUPTED = "finished", "failed", "diverged", "interrupted"
-INCOMPLETE = "incomplete"  # no result.csv: running, killed, or stopped before its training began
-STATUSES = (FINISHED, FAILED, DIVERGED, INTERRUPTED, INCOMPLETE)  # the order the summary counts them in
-LEAD_COLUMNS = ["job", "status", "overrides", "error", "dir"]
 
 
 # ---------------------------------------------------------------- one job
@@ -179,83 +167,6 @@ def job_threads(launcher: Mapping | None, cores: int) -> int:
     return 0
 
 
-# ---------------------------------------------------------------- a sweep's table
-def run_dirs(root: Path) -> list[Path]:
-    """The run directories at or under ``root``: those Hydra wrote a ``.hydra/`` into."""
-    return sorted({p.parent for p in Path(root).rglob(".hydra") if p.is_dir()})
-
-
-def job_row(run_dir: Path, root: Path) -> dict:
-    """One row of results.csv: job number, status, overrides, error, dir, choices, then result.csv's row.
-
-    ``choices`` is the option each config group got, overridden or not ('task=adder model=hand_lstm
-    trainer=default', Hydra's own groups left out), so that a group one sweep did not override
-    still has a value when sweeps are compared.
-    """
-    meta = _read_yaml(run_dir / ".hydra" / "hydra.yaml").get("hydra", {})
-    overrides = _read_yaml(run_dir / ".hydra" / "overrides.yaml") or []
-    result = read_result(run_dir)
-    if result is None:  # running, interrupted or killed: the config Hydra saved
-        config = _read_yaml(run_dir / ".hydra" / "config.yaml") or {}
-        result = flatten_config(config) | {"status": INCOMPLETE}
-    num = (meta.get("job") or {}).get("num")
-    choices = (meta.get("runtime") or {}).get("choices") or {}
-    lead = {
-        "job": num if isinstance(num, int) else None,  # a single run has none
-        "status": result.pop("status", INCOMPLETE),
-        "overrides": " ".join(map(str, overrides)),
-        "error": result.pop("error", ""),
-        "dir": run_dir.relative_to(root).as_posix() if run_dir != root else ".",
-        "choices": " ".join(f"{group}={option}" for group, option in choices.items()
-                            if option is not None and not str(group).startswith("hydra/")),
-    }
-    return lead | result
-
-
-def _read_yaml(path: Path) -> Any:
-    try:
-        return yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return {}
-
-
-def collect(root: Path) -> pd.DataFrame:
-    """One row per run under ``root`` (finished, failed or incomplete), ordered by job number."""
-    root = Path(root)
-    rows = [job_row(d, root) for d in run_dirs(root)]
-    frame = _nullable_numbers(pd.DataFrame(rows))
-    if frame.empty:
-        return pd.DataFrame(columns=LEAD_COLUMNS)
-    frame = frame.sort_values(["job", "dir"], key=_natural, na_position="last", kind="stable")
-    return frame[LEAD_COLUMNS + [c for c in frame.columns if c not in LEAD_COLUMNS]].reset_index(drop=True)
-
-
-def _nullable_numbers(frame: pd.DataFrame) -> pd.DataFrame:
-    """Numeric columns as pandas' nullable dtypes (a job number stays 3, not 3.0, beside a run
-    without one); text columns left as Python strings."""
-    converted = frame.convert_dtypes()
-    text = [c for c in frame.columns if converted[c].dtype == "string"]
-    converted[text] = frame[text]
-    return converted
-
-
-def _natural(column: pd.Series) -> pd.Series:
-    numbers = pd.to_numeric(column, errors="coerce")
-    return numbers if numbers.notna().all() else column.astype(str)
-
-
-def parse_overrides(text: Any) -> dict[str, str]:
-    """'model.hidden_size=8 seed=1' -> {'model.hidden_size': '8', 'seed': '1'}."""
-    if not isinstance(text, str) or not text.strip():
-        return {}
-    try:
-        items = shlex.split(text)
-    except ValueError:
-        items = text.split()
-    pairs = (item.split("=", 1) for item in items if "=" in item)
-    return {key.lstrip("+~"): value for key, value in pairs}
-
-
 # ---------------------------------------------------------------- the end of a sweep
 @dataclass
 class SweepOutcome:
@@ -287,42 +198,8 @@ def close_open_sweep(interrupted: bool = False) -> SweepOutcome | None:
         return None
     write_results(sweep_dir, frame)
     _last_outcome = SweepOutcome(sweep_dir, frame)
-    print_summary(_last_outcome, interrupted)
+    print_summary(sweep_dir, frame, interrupted)
     return _last_outcome
-
-
-def print_summary(outcome: SweepOutcome, interrupted: bool = False) -> None:
-    from .report import short_table, swept_keys  # report builds on this module
-
-    state = "interrupted" if interrupted else "done"
-    jobs = len(outcome.frame)
-    print(f"\nsweep {state}: {jobs} job{'' if jobs == 1 else 's'} ({count_statuses(outcome.frame['status'])}); "
-          f"results in {outcome.sweep_dir / RESULTS_FILE}")
-    table = short_table(outcome.frame)
-    if table:
-        print(table)
-    if len(outcome.failed):
-        varying = swept_keys(outcome.frame, over=())
-        lines = [f"  job {_job(r.job)} [{_shown(r.overrides, varying)}]: {r.error}" for r in outcome.failed.itertuples()]
-        print(f"{len(lines)} failed job(s):\n" + "\n".join(lines), file=sys.stderr)
-    sys.stdout.flush()
-
-
-def count_statuses(statuses: pd.Series) -> str:
-    """'2 finished, 1 interrupted': each status present, in the order of STATUSES, then any other."""
-    counts = statuses.astype(str).value_counts()
-    order = [s for s in STATUSES if s in counts] + sorted(s for s in counts.index if s not in STATUSES)
-    return ", ".join(f"{counts[s]} {s}" for s in order)
-
-
-def _shown(overrides: str, keys: list[str]) -> str:
-    """The overrides that tell the jobs of the sweep apart (all of them if none do)."""
-    parsed = parse_overrides(overrides)
-    return " ".join(f"{k}={parsed[k]}" for k in keys if k in parsed) or overrides
-
-
-def _job(value) -> str:
-    return "?" if pd.isna(value) else str(int(value))
 
 
 class SweepResults(Callback):

@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 from conftest import LAB, ROOT, read_result, results, sweep
 
-from lstmlab.report import summarise
-from lstmlab.sweep import SweepOutcome, job_threads, parse_overrides, print_summary
+from lstmlab.report import print_summary, summarise
+from lstmlab.runs import parse_overrides
+from lstmlab.sweep import job_threads
 
 # columns that differ between two runs of the same jobs: timings, and where the job ran
 VOLATILE = ["train_seconds", "threads"]
@@ -173,7 +174,7 @@ def status_frame() -> pd.DataFrame:
 
 
 def test_the_summary_line_counts_every_status(tmp_path, capsys):
-    print_summary(SweepOutcome(tmp_path, status_frame()))
+    print_summary(tmp_path, status_frame())
     first = capsys.readouterr().out.strip().splitlines()[0]
     assert first == (f"sweep done: 7 jobs (2 finished, 1 failed, 1 diverged, 1 interrupted, 1 incomplete, "
                      f"1 cancelled); results in {tmp_path / 'results.csv'}")
@@ -181,7 +182,7 @@ def test_the_summary_line_counts_every_status(tmp_path, capsys):
 
 def test_the_summary_of_a_sweep_whose_jobs_all_failed_lists_them(tmp_path, capsys):
     frame = status_frame()[["job", "status", "overrides", "dir", "error", "seed"]].assign(status="failed")
-    print_summary(SweepOutcome(tmp_path, frame))
+    print_summary(tmp_path, frame)
     captured = capsys.readouterr()
     assert "sweep done: 7 jobs (7 failed)" in captured.out
     assert "7 failed job(s):" in captured.err
