@@ -15,7 +15,7 @@ from matplotlib.image import imread
 from conftest import ROOT
 
 from lstmlab.plots import new_figure
-from lstmlab.report import _plot_curves, _plot_vs_key, format_frame, main, plot, summarise, to_markdown
+from lstmlab.report import _plot_curves, _plot_vs_key, format_frame, main, plot, print_summary, summarise, to_markdown
 
 REPORT = Path(sys.executable).parent / "lstmlab-report"
 
@@ -185,3 +185,35 @@ def test_the_plot_ticks_each_swept_value_and_whole_epochs(tmp_path):
     _plot_curves(right, frame, summary, keys, "acc")
     assert list(left.get_xticks()) == [4, 8]
     assert all(tick == int(tick) for tick in right.get_xticks())
+
+
+def status_frame() -> pd.DataFrame:
+    """A results.csv with one job of each status lstmlab writes and one it does not, over seeds."""
+    statuses = ["incomplete", "finished", "diverged", "interrupted", "failed", "finished", "cancelled"]
+    jobs = range(len(statuses))
+    return pd.DataFrame({
+        "job": jobs, "status": statuses, "overrides": [f"seed={j}" for j in jobs], "dir": [str(j) for j in jobs],
+        "error": ["" if s != "failed" else "model.hidden_size=0: expected a number >= 1" for s in statuses],
+        "seed": jobs, "test_loss": [0.1] * len(statuses), "params": 133, "epochs": 2, "train_seconds": 1.0,
+        "monitor": "test_loss", "monitor_mode": "min",
+    })
+
+
+def test_the_summary_line_counts_every_status(tmp_path, capsys):
+    print_summary(tmp_path, status_frame())
+    first = capsys.readouterr().out.strip().splitlines()[0]
+    assert first == (f"sweep done: 7 jobs (2 finished, 1 failed, 1 diverged, 1 interrupted, 1 incomplete, "
+                     f"1 cancelled); results in {tmp_path / 'results.csv'}")
+
+
+def test_the_summary_of_a_sweep_whose_jobs_all_failed_lists_them(tmp_path, capsys):
+    frame = status_frame()[["job", "status", "overrides", "dir", "error", "seed"]].assign(status="failed")
+    print_summary(tmp_path, frame)
+    captured = capsys.readouterr()
+    assert "sweep done: 7 jobs (7 failed)" in captured.out
+    assert "7 failed job(s):" in captured.err
+
+
+def test_the_report_counts_diverged_jobs_as_failed_and_interrupted_ones_as_incomplete():
+    summary, _, _ = summarise(status_frame())
+    assert summary.loc[0, ["runs", "failed", "incomplete"]].tolist() == [2, 2, 2]

@@ -11,8 +11,7 @@ import pandas as pd
 import pytest
 from conftest import LAB, ROOT, read_result, results, sweep
 
-from lstmlab.report import print_summary, summarise
-from lstmlab.runs import parse_overrides
+from lstmlab.report import summarise
 from lstmlab.sweep import job_threads
 
 # columns that differ between two runs of the same jobs: timings, and where the job ran
@@ -161,38 +160,6 @@ def test_rerunning_a_sweep_resumes_its_interrupted_job(stopped_in_job_0, tmp_pat
     assert again.stdout.count("not run again") == 3
 
 
-def status_frame() -> pd.DataFrame:
-    """A results.csv with one job of each status lstmlab writes and one it does not, over seeds."""
-    statuses = ["incomplete", "finished", "diverged", "interrupted", "failed", "finished", "cancelled"]
-    jobs = range(len(statuses))
-    return pd.DataFrame({
-        "job": jobs, "status": statuses, "overrides": [f"seed={j}" for j in jobs], "dir": [str(j) for j in jobs],
-        "error": ["" if s != "failed" else "model.hidden_size=0: expected a number >= 1" for s in statuses],
-        "seed": jobs, "test_loss": [0.1] * len(statuses), "params": 133, "epochs": 2, "train_seconds": 1.0,
-        "monitor": "test_loss", "monitor_mode": "min",
-    })
-
-
-def test_the_summary_line_counts_every_status(tmp_path, capsys):
-    print_summary(tmp_path, status_frame())
-    first = capsys.readouterr().out.strip().splitlines()[0]
-    assert first == (f"sweep done: 7 jobs (2 finished, 1 failed, 1 diverged, 1 interrupted, 1 incomplete, "
-                     f"1 cancelled); results in {tmp_path / 'results.csv'}")
-
-
-def test_the_summary_of_a_sweep_whose_jobs_all_failed_lists_them(tmp_path, capsys):
-    frame = status_frame()[["job", "status", "overrides", "dir", "error", "seed"]].assign(status="failed")
-    print_summary(tmp_path, frame)
-    captured = capsys.readouterr()
-    assert "sweep done: 7 jobs (7 failed)" in captured.out
-    assert "7 failed job(s):" in captured.err
-
-
-def test_the_report_counts_diverged_jobs_as_failed_and_interrupted_ones_as_incomplete():
-    summary, _, _ = summarise(status_frame())
-    assert summary.loc[0, ["runs", "failed", "incomplete"]].tolist() == [2, 2, 2]
-
-
 def test_optuna_sweeper_uses_the_returned_objective(tmp_path):
     proc = sweep(tmp_path, "hparams_search=adder_optuna", "hydra.sweeper.n_trials=2")
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -223,8 +190,3 @@ def test_slurm_launcher_config_composes():
 def test_parallel_jobs_share_the_cores(launcher, cores, threads):
     assert job_threads(launcher, cores) == threads
 
-
-def test_parse_overrides():
-    assert parse_overrides("model=torch_lstm model.hidden_size=8 +x=1 'task.eval_bits=[16, 32]'") == {
-        "model": "torch_lstm", "model.hidden_size": "8", "x": "1", "task.eval_bits": "[16, 32]"}
-    assert parse_overrides(float("nan")) == {}
