@@ -24,6 +24,19 @@ def run_lab(*args: str, cwd: Path, env: dict | None = None) -> subprocess.Comple
     return subprocess.run([str(LAB), *args], cwd=cwd, capture_output=True, text=True, env=environment, timeout=600)
 
 
+def wait_for_file(path: Path, proc: subprocess.Popen, timeout: float = 300.0) -> None:
+    """Polls for ``path``, waiting on the process between polls; fails if it exits or time runs out."""
+    for _ in range(int(timeout / 0.05)):
+        if path.exists():
+            return
+        try:
+            proc.wait(timeout=0.05)
+        except subprocess.TimeoutExpired:
+            continue
+        pytest.fail(f"lstmlab exited ({proc.returncode}) before writing {path}: {proc.stderr.read()[-2000:]}")
+    pytest.fail(f"no {path} after {timeout} s")
+
+
 @pytest.fixture
 def lab(tmp_path):
     """lab(*overrides) runs lstmlab with hydra.run.dir=tmp_path/run."""

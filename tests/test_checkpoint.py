@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import wait_for_file
 
 from lstmlab import checkpoint, cli
 from lstmlab.errors import LabError
@@ -51,19 +52,6 @@ def interrupted_run(run_dir: Path, signum: int, *args: str) -> subprocess.Comple
             proc.kill()
             proc.communicate()
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-
-
-def wait_for_file(path: Path, proc: subprocess.Popen, timeout: float) -> None:
-    """Polls for ``path``, waiting on the process between polls; fails if it exits or time runs out."""
-    for _ in range(int(timeout / 0.05)):
-        if path.exists():
-            return
-        try:
-            proc.wait(timeout=0.05)
-        except subprocess.TimeoutExpired:
-            continue
-        pytest.fail(f"lstmlab exited ({proc.returncode}) before writing {path.name}: {proc.stderr.read()}")
-    pytest.fail(f"no {path} after {timeout} s")
 
 
 def metrics(run_dir: Path) -> pd.DataFrame:

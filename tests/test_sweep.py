@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import LAB, ROOT, read_result, results, sweep
+from conftest import LAB, ROOT, read_result, results, sweep, wait_for_file
 
 from lstmlab.report import summarise
 from lstmlab.sweep import job_threads
@@ -91,19 +91,6 @@ def run(command: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600)
 
 
-def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300.0) -> None:
-    """Polls for ``path``, waiting on the process between polls; fails if it exits first."""
-    for _ in range(int(timeout / 0.02)):
-        if path.exists():
-            return
-        try:
-            proc.wait(timeout=0.02)
-        except subprocess.TimeoutExpired:
-            continue
-        pytest.fail(f"lstmlab exited ({proc.returncode}) before writing {path}: {proc.stderr.read()[-2000:]}")
-    pytest.fail(f"no {path} after {timeout} s")
-
-
 @pytest.fixture(scope="module")
 def stopped_in_job_0(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
     """model.hidden_size=4,8,16 with a real SIGINT once job 0 has saved its first epoch's last.pt."""
@@ -111,7 +98,7 @@ def stopped_in_job_0(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Pat
     proc = subprocess.Popen(resumable_sweep(sweep_dir, THREE_JOBS), cwd=ROOT, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        wait_for(sweep_dir / "0" / "last.pt", proc)
+        wait_for_file(sweep_dir / "0" / "last.pt", proc)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=300)
     finally:
