@@ -24,7 +24,7 @@ def one_line(exc: BaseException) -> str:
     if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
         message = first_line(cause)
         if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and "not in" in message:
-            message = f"no such key{_expected_keys(cause)}"
+            return no_such_key(cause.full_key, _schema_keys(cause))
         return f"{cause.full_key}: {message}"
     return first_line(exc)
 
@@ -47,9 +47,14 @@ def _missing_option(exc) -> str:
     return first_line(exc)
 
 
-def _expected_keys(cause) -> str:
+def no_such_key(key: str, known=()) -> str:
+    """'model.hiden_size: no such key; expected one of: hidden_size, ...' (without the list if none)."""
+    return f"{key}: no such key" + (f"; expected one of: {', '.join(known)}" if known else "")
+
+
+def _schema_keys(cause) -> list[str]:
+    """The keys of the structured schema a ConfigKeyError was raised on, if any."""
     object_type = getattr(cause, "object_type", None)
     if object_type is not None and dataclasses.is_dataclass(object_type):
-        names = [f.name for f in dataclasses.fields(object_type) if not f.name.startswith("_")]
-        return f"; expected one of: {', '.join(names)}"
-    return ""
+        return [f.name for f in dataclasses.fields(object_type) if not f.name.startswith("_")]
+    return []

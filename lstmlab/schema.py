@@ -16,7 +16,7 @@ from typing import List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from .errors import LabError
+from .errors import LabError, no_such_key
 
 
 def _check(key: str, ok: bool, expected: str, value) -> None:
@@ -39,7 +39,7 @@ def _probability(key: str, value) -> None:
 def _check_known(prefix: str, keys, known) -> None:
     for key in keys:
         if key not in known and not key.startswith("_"):
-            raise LabError(f"{prefix}{key}: no such key; expected one of: {', '.join(known)}")
+            raise LabError(no_such_key(f"{prefix}{key}", known))
 
 
 # ---------------------------------------------------------------- model
