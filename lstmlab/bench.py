@@ -228,6 +228,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def full_float32_in_cudnn_rnns() -> None:
+    """cuDNN runs nn.LSTM's float32 products in TF32 by default (10-bit mantissas), while plain
+    matmuls, and so the hand layers, stay in float32: compare the same arithmetic."""
+    if hasattr(torch.backends.cudnn, "rnn"):  # torch >= 2.9
+        torch.backends.cudnn.rnn.fp32_precision = "ieee"
+    else:
+        torch.backends.cudnn.allow_tf32 = False
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     device = torch.device(args.device)
@@ -238,10 +247,12 @@ def main(argv=None) -> None:
     if unknown:
         raise SystemExit(f"lstmlab.bench: error: --sizes {','.join(unknown)}: expected adder, imdb, large, variable")
     torch.set_num_threads(args.threads)
+    if device.type == "cuda":
+        full_float32_in_cudnn_rnns()
     sizes = QUICK_SIZES if args.quick else SIZES
 
     gflops = square_matmul_gflops(device, 256 if args.quick else 2048, args.repeat)
-    where = f"{torch.get_num_threads()} threads" if device.type == "cpu" else torch.cuda.get_device_name(device)
+    where = f"{torch.get_num_threads()} threads" if device.type == "cpu" else f"{torch.cuda.get_device_name(device)}, TF32 off"
     print(f"# lstmlab.bench: torch {torch.__version__}, {device.type} ({where}), best of {args.repeat}")
     print(f"machine: square fp32 matmul {gflops:.1f} GFLOP/s\n")
     print(markdown_line(HEADER))

@@ -75,9 +75,10 @@ def results(sweep_dir: Path) -> pd.DataFrame:
 def interrupted(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
     """seed=0,1,2 with a real SIGINT as job 1 starts: job 0 finished, job 1 incomplete."""
     sweep_dir = tmp_path_factory.mktemp("interrupted")
+    tests_on_path = os.pathsep.join(filter(None, [str(ROOT / "tests"), os.environ.get("PYTHONPATH")]))
     proc = sweep(sweep_dir, "seed=0,1,2", "model.hidden_size=4",
                  "+hydra.callbacks.interrupt={_target_:interrupt.InterruptAtJob,job:1}",
-                 env={"PYTHONPATH": str(ROOT / "tests")})
+                 env={"PYTHONPATH": tests_on_path})
     return proc, sweep_dir
 
 

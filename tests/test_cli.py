@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from conftest import HAS_CPP_COMPILER, TINY_ADDER, run_lab
+from lstmlab.trainer import resolve_device
 
 
 def test_adder_run_writes_metrics_result_and_model(lab):
@@ -17,7 +18,7 @@ def test_adder_run_writes_metrics_result_and_model(lab):
     result = pd.read_csv(lab.run_dir / "result.csv").iloc[0]
     assert result["model.hidden_size"] == 8 and result["model._target_"] == "lstmlab.models.HandLSTM"
     assert result["status"] == "finished" and result["epochs"] == 2 and result["stop_reason"] == "max_epochs"
-    assert result["device"] == "cpu" and result["params"] > 0 and result["train_seconds"] > 0
+    assert result["device"] == str(resolve_device("auto")) and result["params"] > 0 and result["train_seconds"] > 0
     assert result["threads"] == 1  # trainer.num_threads=1, as the run used it
     assert result["test_acc"] == metrics["test_acc"].iloc[-1]
     state = torch.load(lab.run_dir / "model.pt", weights_only=True)
@@ -34,6 +35,22 @@ def test_compiled_run_trains_and_saves_the_plain_model(lab):
     assert result["trainer.compile"] and result["status"] == "finished" and 0 <= result["exhaustive_acc"] <= 1
     state = torch.load(lab.run_dir / "model.pt", weights_only=True)
     assert "rnn.weight_ih_l0" in state  # the network's own names, not the compiled wrapper's
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_manual_backward_trains_on_cuda(lab):
+    proc = lab("task=adder", "model=hand_lstm", "model.backward=manual", *TINY_ADDER, "trainer.device=cuda",
+               "trainer.target_metric=null")
+    assert proc.returncode == 0, proc.stderr
+    result = pd.read_csv(lab.run_dir / "result.csv").iloc[0]
+    assert result["device"].startswith("cuda") and result["status"] == "finished" and result["epochs"] == 2
+    state = torch.load(lab.run_dir / "model.pt", weights_only=True)
+    assert all(t.device.type == "cpu" for t in state.values())  # loads on a machine without a GPU
+    two_epochs = [a for a in TINY_ADDER if not a.startswith("trainer.max_epochs=")]
+    resumed = lab("task=adder", "model=hand_lstm", "model.backward=manual", *two_epochs, "trainer.max_epochs=3",
+                  "trainer.device=cuda", "trainer.target_metric=null", f"trainer.resume={lab.run_dir}")
+    assert resumed.returncode == 0, resumed.stderr
+    assert pd.read_csv(lab.run_dir / "metrics.csv")["epoch"].tolist() == [1, 2, 3]
 
 
 def test_torch_lstm_with_overrides_and_reference_experiment(lab):

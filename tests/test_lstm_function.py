@@ -20,7 +20,7 @@ def reference_direction(x, h, c, w_ih, w_hh, b_ih, b_hh, lengths=None):
     The plainest loop: every step for every sequence, a sequence's state frozen by a mask once
     it has ended.
     """
-    mask = None if lengths is None else lengths_mask(lengths, x.shape[1])
+    mask = None if lengths is None else lengths_mask(lengths, x.shape[1]).to(x.device)
     xw = F.linear(x, w_ih, None if b_ih is None else b_ih + b_hh)  # W x_t + b, all steps at once
     outs = []
     for t, xw_t in enumerate(xw.unbind(1)):
@@ -344,6 +344,13 @@ def test_cuda_matches_autograd_reference(ragged):
     assert_all_close(got, ref)
     upstream = [torch.randn_like(t) for t in ref]
     assert_all_close(grads_of(got, inputs, upstream), grads_of(ref, inputs, upstream))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("lengths", [None, RAGGED], ids=["full", "lengths"])
+def test_gradcheck_on_cuda(lengths):
+    inputs = [t.detach().cuda().requires_grad_() for t in make_inputs(5, 4, 2, 3, seed=15)]
+    assert torch.autograd.gradcheck(lambda *a: lstm_direction_manual(*a, lengths), inputs)
 
 
 def test_no_grad_forward_gives_the_same_outputs():

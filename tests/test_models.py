@@ -14,6 +14,7 @@ from lstmlab.models import HandLSTM, HandRNN, LayerNormLSTM, SequenceModel
 from lstmlab.models.variable_length import RunningRows
 
 TOL = dict(rtol=0, atol=1e-10)
+NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 def twin_lstms(input_size=3, hidden_size=5, **kwargs):
@@ -41,7 +42,7 @@ def run_and_backprop(lstm, x, hx=None):
     hx = None if hx is None else tuple(s.clone().requires_grad_(True) for s in hx)
     output, (h_n, c_n) = lstm(x, hx)
     torch.manual_seed(1)  # the same random upstream gradient for both models
-    weights = [torch.randn(t.shape, dtype=t.dtype) for t in (output, h_n)]
+    weights = [torch.randn(t.shape, dtype=t.dtype).to(t.device) for t in (output, h_n)]
     loss = (output * weights[0]).sum() + (h_n * weights[1]).sum() + (c_n**2).sum()
     loss.backward()
     grads = {name: p.grad for name, p in lstm.named_parameters()}
@@ -287,6 +288,63 @@ def test_manual_backward_matches_torch_through_stacked_layers_and_packed_input(b
     x, lengths = padded_batch([5, 2, 7, 1])
     packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
     torch.testing.assert_close(manual(packed)[1][0], reference(packed)[1][0], **TOL)
+
+
+def on_cpu(result):
+    """A run_and_backprop result, checked to be on the GPU, moved to the CPU."""
+    tensors = [*result[:3], *result[3].values()]
+    assert all(t.is_cuda for t in tensors)
+    return *(t.cpu() for t in result[:3]), {name: g.cpu() for name, g in result[3].items()}
+
+
+@NEEDS_CUDA
+@pytest.mark.parametrize("backward", ["autograd", "manual"])
+def test_on_cuda_stacked_bidirectional_with_initial_state_matches_torch_on_the_cpu(backward):
+    reference, _ = twin_lstms(num_layers=2, bidirectional=True, batch_first=True)
+    hand = HandLSTM(3, 5, num_layers=2, bidirectional=True, batch_first=True, backward=backward).double()
+    hand.load_state_dict(reference.state_dict())
+    x = torch.randn(4, 7, 3, dtype=torch.float64)
+    hx = (torch.randn(4, 4, 5, dtype=torch.float64), torch.randn(4, 4, 5, dtype=torch.float64))
+    expected = run_and_backprop(reference, x, hx)
+    got = run_and_backprop(hand.cuda(), x.cuda(), tuple(s.cuda() for s in hx))
+    assert_same_results(on_cpu(got), expected)
+
+
+@NEEDS_CUDA
+@pytest.mark.parametrize("backward", ["autograd", "manual"])
+def test_on_cuda_packed_input_gives_torch_outputs_and_final_states(backward):
+    reference, _ = twin_lstms(num_layers=2, bidirectional=True, batch_first=True)
+    hand = HandLSTM(3, 5, num_layers=2, bidirectional=True, batch_first=True, backward=backward).double()
+    hand.load_state_dict(reference.state_dict())
+    x, lengths = padded_batch([5, 2, 7, 1])
+    expected_out, (expected_h, expected_c) = reference(pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False))
+    packed = pack_padded_sequence(x.cuda(), lengths, batch_first=True, enforce_sorted=False)
+    got_out, (got_h, got_c) = hand.cuda()(packed)
+    assert got_out.data.is_cuda
+    torch.testing.assert_close(got_out.data.cpu(), expected_out.data, **TOL)
+    torch.testing.assert_close(got_h.cpu(), expected_h, **TOL)
+    torch.testing.assert_close(got_c.cpu(), expected_c, **TOL)
+
+
+@NEEDS_CUDA
+@pytest.mark.parametrize("layer", [HandRNN, LayerNormLSTM])
+def test_other_cells_on_cuda_give_what_they_give_on_the_cpu(layer):
+    def outputs_and_grads(model, x):
+        x = x.clone().requires_grad_(True)
+        output, state = model(x)
+        final = torch.cat(state if isinstance(state, tuple) else [state])  # h_n (and c_n)
+        torch.manual_seed(1)
+        weights = [torch.randn(t.shape, dtype=t.dtype).to(t.device) for t in (output, final)]
+        ((output * weights[0]).sum() + (final * weights[1]).sum()).backward()
+        return [t.detach().cpu() for t in (output, final, x.grad, *(p.grad for p in model.parameters()))]
+
+    torch.manual_seed(0)
+    on_the_cpu = layer(3, 5, num_layers=2, bidirectional=True, batch_first=True, dtype=torch.float64)
+    on_the_gpu = layer(3, 5, num_layers=2, bidirectional=True, batch_first=True, dtype=torch.float64).cuda()
+    on_the_gpu.load_state_dict(on_the_cpu.state_dict())
+    x = torch.randn(4, 7, 3, dtype=torch.float64)
+    for got, expected in zip(outputs_and_grads(on_the_gpu, x.cuda()), outputs_and_grads(on_the_cpu, x), strict=True):
+        torch.testing.assert_close(got, expected, **TOL)
 
 
 @pytest.mark.parametrize("layer", ["hand_lstm autograd", "hand_lstm manual", "hand_rnn", "layernorm_lstm"])
