@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .errors import LabError, first_line
+from .schema import flatten_config
 
 FORMAT = "lstmlab-checkpoint"
 FORMAT_VERSION = 1
@@ -219,8 +220,6 @@ def load_for_resume(path: Path | str, config: Mapping) -> Checkpoint:
 
 def config_differences(saved: Mapping, current: Mapping) -> list[str]:
     """'key: X in the checkpoint, Y now' for each key that must match to resume."""
-    from .results import flatten_config
-
     old, new = flatten_config(saved), flatten_config(current)
     keys = sorted(k for k in old.keys() | new.keys() if k.startswith(RESUME_MUST_MATCH))
     return [f"{k}: {old.get(k, '<absent>')} in the checkpoint, {new.get(k, '<absent>')} now"

@@ -34,6 +34,7 @@ import torch
 
 from . import checkpoint
 from .checkpoint import TrainState
+from .schema import flatten_config
 
 METRICS_FILE = "metrics.csv"
 RESULT_FILE = "result.csv"
@@ -124,20 +125,6 @@ def write_results(sweep_dir: Path | str, frame: pd.DataFrame) -> Path:
     path = Path(sweep_dir) / RESULTS_FILE
     atomic_write_csv(path, frame)
     return path
-
-
-def flatten_config(config: Mapping, prefix: str = "") -> dict[str, Any]:
-    """{"model": {"hidden_size": 16}} -> {"model.hidden_size": 16}; lists become strings."""
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten_config(value, prefix=f"{name}."))
-        elif isinstance(value, (list, tuple)):
-            flat[name] = str(list(value))
-        else:
-            flat[name] = value
-    return flat
 
 
 class RunRecorder:

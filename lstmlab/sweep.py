@@ -30,8 +30,9 @@ from omegaconf import DictConfig, OmegaConf
 from .checkpoint import LAST_FILE
 from .errors import LabError, one_line
 from .report import print_summary
-from .results import RunRecorder, as_csv_text, flatten_config, read_result, stored_as_text, write_results
+from .results import RunRecorder, as_csv_text, read_result, stored_as_text, write_results
 from .runs import FAILED, FINISHED, INTERRUPTED, collect
+from .schema import flatten_config
 
 log = logging.getLogger("lstmlab")
 

@@ -118,7 +118,8 @@ class Trainer:
 
         ``on_epoch(row)`` gets each epoch's metrics row; ``on_checkpoint(state)`` gets the full
         :class:`TrainState` at each epoch's end (to save it); ``start`` is such a state to go
-        on from, exactly where it stopped. A NaN or infinite loss raises :class:`Diverged`.
+        on from, exactly where it stopped (no further epoch if its last one already meets
+        ``target_metric`` or ``target_loss``). A NaN or infinite loss raises :class:`Diverged`.
         """
         monitor, mode = self.monitor_of(task)
         net.to(self.device)
@@ -133,6 +134,9 @@ class Trainer:
             start.restore(net, optimizer, generator)
             first, step, offset = start.epoch + 1, start.step, start.seconds
             result.epochs, result.metrics, result.best = start.epoch, dict(start.row), start.best
+            reason = self._reached_target(result.metrics, monitor, mode)
+            if reason:  # interrupted while saving the epoch that met the target: the run is over
+                first, result.stop_reason = self.max_epochs + 1, reason
         begin = time.perf_counter() - offset
         bar = tqdm(total=self.max_epochs * steps_per_epoch, initial=(first - 1) * steps_per_epoch, desc="train",
                    unit="step", disable=not self.progress, mininterval=0.5, dynamic_ncols=True)

@@ -1,4 +1,4 @@
-"""The results writer: atomic files, flattened config, loadable weights."""
+"""The results writer: atomic files, loadable weights."""
 
 import os
 
@@ -6,12 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from lstmlab.results import RunRecorder, atomic_write_bytes, flatten_config
-
-
-def test_flatten_config_gives_dotted_columns():
-    flat = flatten_config({"model": {"hidden_size": 16, "opt": {"lr": 0.1}}, "task": {"bits": [16, 32]}, "seed": 0})
-    assert flat == {"model.hidden_size": 16, "model.opt.lr": 0.1, "task.bits": "[16, 32]", "seed": 0}
+from lstmlab.results import RunRecorder, atomic_write_bytes
 
 
 def test_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):

@@ -49,6 +49,22 @@ def test_a_monitored_metric_takes_its_mode_from_the_task_unless_trainer_mode_say
     assert Trainer(ADAM, device="cpu", monitor="test_acc", mode="min").monitor_of(task) == ("test_acc", "min")
 
 
+def test_resuming_from_the_epoch_that_met_the_target_trains_no_further():
+    """As when Ctrl-C comes while that epoch is being saved: the run is then over."""
+    task = AdderTask(train_size=4000, test_size=500, eval_bits=[16], eval_size=500)
+    trainer = Trainer(ADAM, device="cpu", max_epochs=15, batch_size=32, target_metric=1.0, progress=False)
+    states = []
+    fit = trainer.fit(tiny_adder_net(task), task, on_checkpoint=states.append)
+    assert fit.stop_reason == "target_metric"
+    net, rows = tiny_adder_net(task), []
+    resumed = trainer.fit(net, task, on_epoch=rows.append, start=states[-1])
+    assert rows == [] and (resumed.epochs, resumed.stop_reason) == (fit.epochs, "target_metric")
+    assert resumed.metrics == fit.metrics and resumed.best == 1.0
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), states[-1].model.values()))
+    untargeted = Trainer(ADAM, device="cpu", max_epochs=fit.epochs + 1, batch_size=32, progress=False)
+    assert untargeted.fit(tiny_adder_net(task), task, start=states[-1]).epochs == fit.epochs + 1
+
+
 def test_a_target_on_another_accuracy_waits_until_that_accuracy_reaches_it():
     task = AdderTask(train_size=200, test_size=100, eval_bits=[])
     trainer = Trainer(ADAM, device="cpu", max_epochs=2, monitor="test_acc", target_metric=1.0, progress=False)
