@@ -10,6 +10,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from lstmlab.models import SequenceModel
 
 ROOT = Path(__file__).resolve().parents[1]
 HAS_CPP_COMPILER = any(shutil.which(c) for c in ("g++", "c++", "clang++"))  # torch.compile's CPU backend needs one
@@ -65,6 +70,18 @@ def read_result(run_dir: Path) -> pd.Series:
     frame = pd.read_csv(run_dir / "result.csv")
     assert len(frame) == 1
     return frame.iloc[0]
+
+
+def evaluate_saved_model(run_dir: Path) -> dict[str, float]:
+    """A finished run's model.pt, built and evaluated anew on the task its config names: the
+    metrics its result.csv should report."""
+    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    task = instantiate(cfg.task)
+    net = SequenceModel(instantiate(cfg.model, input_size=task.input_size), **task.network_options())
+    net.load_state_dict(torch.load(run_dir / "model.pt", weights_only=True))
+    net.eval()
+    with torch.no_grad():
+        return task.evaluate(lambda batch: net(batch.inputs, batch.lengths).float())
 
 
 def results(sweep_dir: Path) -> pd.DataFrame:
