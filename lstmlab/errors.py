@@ -9,6 +9,10 @@ class LabError(Exception):
     """Bad input from the user: one line on stderr, exit code 2, no result.csv written."""
 
 
+class DataError(ValueError):
+    """The data cannot be used: the one-line message names the file and what was expected."""
+
+
 def one_line(exc: BaseException) -> str:
     """A one-line description of a Hydra, OmegaConf or lstmlab error."""
     from hydra.errors import InstantiationException, MissingConfigException

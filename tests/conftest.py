@@ -1,4 +1,5 @@
-"""Shared test helpers: the real `lstmlab` command in a subprocess, for single runs and tiny sweeps."""
+"""Shared test helpers: the real `lstmlab` command in a subprocess, for single runs and tiny sweeps;
+the offline IMDB and GloVe data and the IMDB corpus read from it."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import os
 import shutil
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pandas as pd
@@ -15,6 +18,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from lstmlab.models import SequenceModel
+from lstmlab.tasks.imdb_archive import load_imdb
+from lstmlab.tasks.imdb_corpus import ImdbCorpus
 
 ROOT = Path(__file__).resolve().parents[1]
 HAS_CPP_COMPILER = any(shutil.which(c) for c in ("g++", "c++", "clang++"))  # torch.compile's CPU backend needs one
@@ -99,3 +104,26 @@ def interrupted(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
     return proc, sweep_dir
 
 
+# the offline IMDB and GloVe subsets next to the checkout (tests of the IMDB data layer)
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SMALL = DATA / "imdb" / "aclImdb_small.tar.gz"
+GLOVE = DATA / "glove" / "glove.6B.100d.imdb.txt.gz"
+needs_small = pytest.mark.skipif(not SMALL.is_file(), reason=f"small IMDB subset not found at {SMALL}")
+needs_glove = pytest.mark.skipif(not GLOVE.is_file(), reason=f"GloVe subset not found at {GLOVE}")
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """No test may reach the internet: any real urlopen fails as if offline."""
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("network disabled in tests")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> ImdbCorpus:
+    if not SMALL.is_file():
+        pytest.skip(f"small IMDB subset not found at {SMALL}")
+    return load_imdb(SMALL, cache_dir=tmp_path_factory.mktemp("cache"), progress=False)

@@ -19,14 +19,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import LAB, SMALL
 from lstmlab import checkpoint, cli
-
-LSTMLAB = Path(sys.executable).parent / "lstmlab"
 
 # small enough that a row which wrongly passes trains in a second (and then fails the test)
 TINY = {"trainer.max_epochs": "1", "trainer.progress": "false", "trainer.device": "cpu",
         "trainer.target_metric": "null"}
-SMALL_IMDB = Path(__file__).resolve().parents[2] / "shared" / "data" / "imdb" / "aclImdb_small.tar.gz"
 TINY_ADDER = {"task.train_size": "64", "task.test_size": "16", "task.eval_size": "16", "task.eval_bits": "[16]"}
 
 
@@ -41,7 +39,7 @@ def adder(*overrides: str) -> list[str]:
 
 def imdb(*overrides: str) -> list[str]:
     """A tiny IMDB run on the real small archive (never downloading), with ``overrides``."""
-    args = {**TINY, "task": "imdb", "task.data_path": str(SMALL_IMDB), "task.cache_dir": "{cache}",
+    args = {**TINY, "task": "imdb", "task.data_path": str(SMALL), "task.cache_dir": "{cache}",
             "task.download": "false", "task.progress": "false", "task.train_size": "64", "task.test_size": "16"}
     for item in overrides:
         key, _, value = item.partition("=")
@@ -171,8 +169,8 @@ def in_process(monkeypatch, capfd):
 
 @pytest.mark.parametrize("group, case", ROWS)
 def test_bad_input_is_one_line_naming_the_key(group, case, tmp_path, files, in_process):
-    if case.id.startswith("imdb") and not SMALL_IMDB.is_file():
-        pytest.skip(f"small IMDB subset not found at {SMALL_IMDB}")
+    if case.id.startswith("imdb") and not SMALL.is_file():
+        pytest.skip(f"small IMDB subset not found at {SMALL}")
     run_dir = tmp_path / "run"
     args = [arg.format(**files) for arg in case.args]
     if not any(arg.startswith("hydra.run.dir=") for arg in args):
@@ -188,7 +186,7 @@ def test_bad_input_is_one_line_naming_the_key(group, case, tmp_path, files, in_p
 
 def test_the_installed_command_reports_the_same_line(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    done = subprocess.run([str(LSTMLAB), *adder("model.hidden_size=0"), f"hydra.run.dir={tmp_path}"],
+    done = subprocess.run([str(LAB), *adder("model.hidden_size=0"), f"hydra.run.dir={tmp_path}"],
                           capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 2
     assert done.stderr.strip() == "lstmlab: error: model.hidden_size=0: expected a number >= 1"

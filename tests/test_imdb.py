@@ -10,15 +10,13 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from conftest import evaluate_saved_model
+from conftest import GLOVE, SMALL, evaluate_saved_model, needs_glove, needs_small
 from lstmlab.models import HandLSTM, SequenceModel
-from lstmlab.tasks import imdb_data as D
 from lstmlab.tasks.imdb import ImdbTask, crop
+from lstmlab.tasks.imdb_archive import load_imdb
+from lstmlab.tasks.text import PAD_ID, train_counts
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-SMALL = DATA / "imdb" / "aclImdb_small.tar.gz"
-GLOVE = DATA / "glove" / "glove.6B.100d.imdb.txt.gz"
-pytestmark = pytest.mark.skipif(not SMALL.is_file(), reason=f"small IMDB subset not found at {SMALL}")
+pytestmark = needs_small
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +36,7 @@ def test_batches_hold_every_review_once_with_labels_and_true_lengths(cache):
     assert sum(b.targets.sum().item() for b in batches) == 500
     for batch in batches:
         assert batch.inputs.dtype == torch.int64 and batch.inputs.shape == (len(batch.targets), batch.lengths.max())
-        assert torch.equal((batch.inputs != D.PAD_ID).sum(1), batch.lengths)  # <pad> only after each review
+        assert torch.equal((batch.inputs != PAD_ID).sum(1), batch.lengths)  # <pad> only after each review
         assert set(batch.targets.tolist()) <= {0.0, 1.0}
     assert task.input_size == 100
     options = task.network_options()
@@ -47,8 +45,8 @@ def test_batches_hold_every_review_once_with_labels_and_true_lengths(cache):
 
 def test_vocabulary_comes_from_the_training_split_only(cache):
     task = small_task(cache, vocab_size=None)
-    corpus = D.load_imdb(SMALL, cache_dir=cache, progress=False)
-    train_words = set(D.train_counts(corpus))
+    corpus = load_imdb(SMALL, cache_dir=cache, progress=False)
+    train_words = set(train_counts(corpus))
     test_only = {corpus.types[i] for i in corpus.test.token_ids.tolist()} - train_words
     assert test_only and not test_only & set(task.vocab.itos)
     assert len(task.vocab) == len(train_words) + 2
@@ -57,7 +55,7 @@ def test_vocabulary_comes_from_the_training_split_only(cache):
 def test_cropped_batches_have_no_padding_and_keep_the_reviews_end(cache):
     task = small_task(cache, crop_batches=True, truncate="tail")
     for batch in task.train_batches(16, True, torch.Generator().manual_seed(1)):
-        assert torch.all(batch.lengths == batch.inputs.shape[1]) and torch.all(batch.inputs != D.PAD_ID)
+        assert torch.all(batch.lengths == batch.inputs.shape[1]) and torch.all(batch.inputs != PAD_ID)
     review = torch.arange(10)
     assert crop([review], 4, "tail")[0].tolist() == [6, 7, 8, 9]
     assert crop([review], 4, "head")[0].tolist() == [0, 1, 2, 3]
@@ -96,7 +94,7 @@ def test_hand_lstm_equals_torch_lstm_through_the_network_on_real_batches(cache, 
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-10)
 
 
-@pytest.mark.skipif(not GLOVE.is_file(), reason=f"GloVe subset not found at {GLOVE}")
+@needs_glove
 def test_glove_initialises_the_embedding_and_reports_coverage(cache):
     task = small_task(cache, glove_path=str(GLOVE))
     weights = task.network_options()["pretrained_embedding"]

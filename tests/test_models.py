@@ -17,11 +17,11 @@ TOL = dict(rtol=0, atol=1e-10)
 NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-def twin_lstms(input_size=3, hidden_size=5, **kwargs):
-    """An nn.LSTM and a HandLSTM with the same float64 weights."""
+def twin_lstms(input_size=3, hidden_size=5, backward="autograd", **kwargs):
+    """An nn.LSTM and a HandLSTM (with that backward pass) with the same float64 weights."""
     torch.manual_seed(0)
     reference = nn.LSTM(input_size, hidden_size, **kwargs).double()
-    hand = HandLSTM(input_size, hidden_size, **kwargs).double()
+    hand = HandLSTM(input_size, hidden_size, backward=backward, **kwargs).double()
     hand.load_state_dict(reference.state_dict())
     return reference, hand
 
@@ -78,9 +78,7 @@ def test_initial_state_is_used_and_gets_gradients():
 @pytest.mark.parametrize("batch_first", [False, True])
 def test_unbatched_sequence_gives_what_torch_gives(backward, batch_first):
     """One (T, I) sequence with (layers × directions, H) states, as nn.LSTM takes it unbatched."""
-    reference, _ = twin_lstms(num_layers=2, bidirectional=True, batch_first=batch_first)
-    hand = HandLSTM(3, 5, num_layers=2, bidirectional=True, batch_first=batch_first, backward=backward).double()
-    hand.load_state_dict(reference.state_dict())
+    reference, hand = twin_lstms(num_layers=2, bidirectional=True, batch_first=batch_first, backward=backward)
     x = torch.randn(7, 3, dtype=torch.float64)
     hx = (torch.randn(4, 5, dtype=torch.float64), torch.randn(4, 5, dtype=torch.float64))
     expected, got = run_and_backprop(reference, x, hx), run_and_backprop(hand, x, hx)
@@ -279,9 +277,7 @@ def test_bad_constructor_values_are_rejected():
 
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_manual_backward_matches_torch_through_stacked_layers_and_packed_input(bidirectional):
-    reference, hand = twin_lstms(num_layers=2, bidirectional=bidirectional, batch_first=True)
-    manual = HandLSTM(3, 5, num_layers=2, bidirectional=bidirectional, batch_first=True, backward="manual").double()
-    manual.load_state_dict(reference.state_dict())
+    reference, manual = twin_lstms(num_layers=2, bidirectional=bidirectional, batch_first=True, backward="manual")
     x = torch.randn(4, 6, 3, dtype=torch.float64)
     expected, got = run_and_backprop(reference, x), run_and_backprop(manual, x)
     assert_same_results(got, expected)
@@ -300,9 +296,7 @@ def on_cpu(result):
 @NEEDS_CUDA
 @pytest.mark.parametrize("backward", ["autograd", "manual"])
 def test_on_cuda_stacked_bidirectional_with_initial_state_matches_torch_on_the_cpu(backward):
-    reference, _ = twin_lstms(num_layers=2, bidirectional=True, batch_first=True)
-    hand = HandLSTM(3, 5, num_layers=2, bidirectional=True, batch_first=True, backward=backward).double()
-    hand.load_state_dict(reference.state_dict())
+    reference, hand = twin_lstms(num_layers=2, bidirectional=True, batch_first=True, backward=backward)
     x = torch.randn(4, 7, 3, dtype=torch.float64)
     hx = (torch.randn(4, 4, 5, dtype=torch.float64), torch.randn(4, 4, 5, dtype=torch.float64))
     expected = run_and_backprop(reference, x, hx)
@@ -313,9 +307,7 @@ def test_on_cuda_stacked_bidirectional_with_initial_state_matches_torch_on_the_c
 @NEEDS_CUDA
 @pytest.mark.parametrize("backward", ["autograd", "manual"])
 def test_on_cuda_packed_input_gives_torch_outputs_and_final_states(backward):
-    reference, _ = twin_lstms(num_layers=2, bidirectional=True, batch_first=True)
-    hand = HandLSTM(3, 5, num_layers=2, bidirectional=True, batch_first=True, backward=backward).double()
-    hand.load_state_dict(reference.state_dict())
+    reference, hand = twin_lstms(num_layers=2, bidirectional=True, batch_first=True, backward=backward)
     x, lengths = padded_batch([5, 2, 7, 1])
     expected_out, (expected_h, expected_c) = reference(pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False))
     packed = pack_padded_sequence(x.cuda(), lengths, batch_first=True, enforce_sorted=False)
@@ -416,9 +408,7 @@ def test_manual_backward_under_torch_compile_runs_uncompiled_and_matches_torch()
     """trainer.compile=true with model.backward=manual: the compiler leaves the hand-written
     Function alone (a graph break) instead of failing on it. "aot_eager" runs what the compiler
     traced without generating code, so no C++ compiler is needed."""
-    reference, _ = twin_lstms(num_layers=2, bidirectional=True, batch_first=True)
-    manual = HandLSTM(3, 5, num_layers=2, bidirectional=True, batch_first=True, backward="manual").double()
-    manual.load_state_dict(reference.state_dict())
+    reference, manual = twin_lstms(num_layers=2, bidirectional=True, batch_first=True, backward="manual")
     compiled = torch.compile(manual, backend="aot_eager")
     x = torch.randn(4, 3, 3, dtype=torch.float64)
     expected, got = run_and_backprop(reference, x), run_and_backprop(compiled, x)

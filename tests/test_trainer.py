@@ -19,9 +19,14 @@ def tiny_adder_net(task):
     return SequenceModel(HandLSTM(task.input_size, 8, batch_first=True), **task.network_options())
 
 
-def test_trains_the_serial_adder_to_full_accuracy_and_stops_on_target():
+def adder_to_target() -> tuple[AdderTask, Trainer]:
+    """A small serial adder, and a trainer that stops once every 8-bit sum comes out right."""
     task = AdderTask(train_size=4000, test_size=500, eval_bits=[16], eval_size=500)
-    trainer = Trainer(ADAM, device="cpu", max_epochs=15, batch_size=32, target_metric=1.0, progress=False)
+    return task, Trainer(ADAM, device="cpu", max_epochs=15, batch_size=32, target_metric=1.0, progress=False)
+
+
+def test_trains_the_serial_adder_to_full_accuracy_and_stops_on_target():
+    task, trainer = adder_to_target()
     rows = []
     fit = trainer.fit(tiny_adder_net(task), task, on_epoch=rows.append)
     assert fit.stop_reason == "target_metric"
@@ -51,8 +56,7 @@ def test_a_monitored_metric_takes_its_mode_from_the_task_unless_trainer_mode_say
 
 def test_resuming_from_the_epoch_that_met_the_target_trains_no_further():
     """As when Ctrl-C comes while that epoch is being saved: the run is then over."""
-    task = AdderTask(train_size=4000, test_size=500, eval_bits=[16], eval_size=500)
-    trainer = Trainer(ADAM, device="cpu", max_epochs=15, batch_size=32, target_metric=1.0, progress=False)
+    task, trainer = adder_to_target()
     states = []
     fit = trainer.fit(tiny_adder_net(task), task, on_checkpoint=states.append)
     assert fit.stop_reason == "target_metric"

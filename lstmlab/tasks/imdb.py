@@ -4,7 +4,7 @@ Inputs are token ids (B, T) with their lengths (B,); the target is 1 for a posit
 The network is ``Embedding -> LSTM -> read-out -> Linear(-> 1)``; ``readout`` picks the
 note's ``final_state`` (last forward and backward hidden states) or ``mean_max`` pooling.
 
-Training batches are length-bucketed (:func:`imdb_data.bucket_batches`), so a batch holds
+Training batches are length-bucketed (:func:`batching.bucket_batches`), so a batch holds
 reviews of nearly the same length. With ``crop_batches`` each training batch is cropped to
 its shortest review, so it has no padding at all and every LSTM takes its fast padded path
 (on a CPU, ``nn.LSTM`` on a ``PackedSequence`` is ~30x slower in backward). Evaluation always
@@ -20,8 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import imdb_data as D
+from ..errors import DataError
 from .base import Batch, Predict, Task
+from .batching import bucket_batches, pad_batch
+from .glove import load_glove
+from .imdb_archive import load_imdb
+from .text import PAD_ID, build_vocab, encode_split
 
 log = logging.getLogger("lstmlab")
 
@@ -65,8 +69,8 @@ class ImdbTask(Task):
         self.output_dropout = output_dropout
         self.eval_batch_size = eval_batch_size
 
-        corpus = D.load_imdb(data_path, tokenizer=tokenizer, cache_dir=cache_dir, download=download, progress=progress)
-        self.vocab = D.build_vocab(corpus, max_size=vocab_size, min_freq=min_freq)
+        corpus = load_imdb(data_path, tokenizer=tokenizer, cache_dir=cache_dir, download=download, progress=progress)
+        self.vocab = build_vocab(corpus, max_size=vocab_size, min_freq=min_freq)
         generator = torch.Generator().manual_seed(seed)
         self.train_reviews, self.train_targets = _encoded(corpus, "train", self.vocab, max_length, truncate,
                                                           train_size, generator)
@@ -80,7 +84,7 @@ class ImdbTask(Task):
 
         self.pretrained_embedding, self.glove_coverage = None, None
         if glove_path:
-            self.pretrained_embedding, coverage = D.load_glove(
+            self.pretrained_embedding, coverage = load_glove(
                 Path(glove_path).expanduser(), self.vocab, dim=embedding_dim,
                 generator=torch.Generator().manual_seed(seed))
             self.glove_coverage = coverage.fraction
@@ -89,7 +93,7 @@ class ImdbTask(Task):
     def _check_not_empty(self, data_path) -> None:
         for split, reviews in (("train", self.train_reviews), ("test", self.test_reviews)):
             if not reviews or all(len(r) == 0 for r in reviews):
-                raise D.DataError(f"{data_path}: the {split} split has no tokens; expected IMDB reviews")
+                raise DataError(f"{data_path}: the {split} split has no tokens; expected IMDB reviews")
 
     # ------------------------------------------------------------------ the network
     @property
@@ -104,7 +108,7 @@ class ImdbTask(Task):
             "pretrained_embedding": self.pretrained_embedding,
             "embedding_dropout": self.embedding_dropout,
             "output_dropout": self.output_dropout,
-            "padding_idx": D.PAD_ID,
+            "padding_idx": PAD_ID,
         }
 
     # ------------------------------------------------------------------ training
@@ -112,11 +116,11 @@ class ImdbTask(Task):
         return -(-len(self.train_reviews) // batch_size)
 
     def train_batches(self, batch_size, shuffle, generator):
-        for index in D.bucket_batches(self.train_lengths, batch_size, generator, shuffle=shuffle):
+        for index in bucket_batches(self.train_lengths, batch_size, generator, shuffle=shuffle):
             reviews = [self.train_reviews[i] for i in index]
             if self.crop_batches:
                 reviews = crop(reviews, min(len(r) for r in reviews), self.truncate)
-            inputs, lengths = D.pad_batch(reviews)
+            inputs, lengths = pad_batch(reviews)
             yield Batch(inputs, self.train_targets[index], lengths)
 
     def loss(self, outputs: Tensor, batch: Batch) -> Tensor:
@@ -127,7 +131,7 @@ class ImdbTask(Task):
         """The whole test split in length-sorted batches of ``eval_batch_size``, with lengths."""
         order = torch.argsort(self.test_lengths, stable=True)
         for index in torch.split(order, self.eval_batch_size):
-            inputs, lengths = D.pad_batch([self.test_reviews[i] for i in index])
+            inputs, lengths = pad_batch([self.test_reviews[i] for i in index])
             yield index, Batch(inputs, self.test_targets[index], lengths)
 
     @property
@@ -156,7 +160,7 @@ def crop(reviews: list[Tensor], length: int, truncate: str = "head") -> list[Ten
 
 def _encoded(corpus, split, vocab, max_length, truncate, size, generator) -> tuple[list[Tensor], Tensor]:
     """The split's reviews as id tensors and their float labels; a random ``size`` of them if given."""
-    reviews = D.encode_split(corpus, split, vocab, max_length=max_length, truncate=truncate)
+    reviews = encode_split(corpus, split, vocab, max_length=max_length, truncate=truncate)
     labels = corpus.split(split).labels.float()
     if size is not None and size < len(reviews):
         keep = torch.randperm(len(reviews), generator=generator)[:size].sort().values
