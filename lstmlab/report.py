@@ -207,12 +207,23 @@ def print_summary(sweep_dir: Path, frame: pd.DataFrame, interrupted: bool = Fals
     table = short_table(frame)
     if table:
         print(table)
-    failed = frame[frame["status"] == FAILED]
+    failed = failed_jobs(frame)
     if len(failed):
         varying = swept_keys(frame, over=())
-        lines = [f"  job {_job(r.job)} [{_shown(r.overrides, varying)}]: {r.error}" for r in failed.itertuples()]
+        lines = [f"  job {_job(r.job)} [{_shown(r.overrides, varying)}]: {_why(r)}" for r in failed.itertuples()]
         print(f"{len(lines)} failed job(s):\n" + "\n".join(lines), file=sys.stderr)
     sys.stdout.flush()
+
+
+def failed_jobs(frame: pd.DataFrame) -> pd.DataFrame:
+    """The jobs that ended without a usable final metric: failed, or diverged."""
+    return frame[frame["status"].isin(COUNTED_AS_FAILED)]
+
+
+def _why(job) -> str:
+    if job.status == DIVERGED:
+        return f"training diverged in epoch {_job(job.epochs + 1)} (a NaN or infinite loss)"
+    return job.error
 
 
 def _shown(overrides: str, keys: list[str]) -> str:

@@ -29,9 +29,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from .checkpoint import LAST_FILE
 from .errors import LabError, one_line
-from .report import print_summary
+from .report import failed_jobs, print_summary
 from .results import RunRecorder, as_csv_text, read_result, stored_as_text, write_results
-from .runs import FAILED, FINISHED, INTERRUPTED, collect
+from .runs import FINISHED, INTERRUPTED, collect
 from .schema import flatten_config
 
 log = logging.getLogger("lstmlab")
@@ -176,7 +176,7 @@ class SweepOutcome:
 
     @property
     def failed(self) -> pd.DataFrame:
-        return self.frame[self.frame["status"] == FAILED]
+        return failed_jobs(self.frame)
 
 
 _open_sweep: Path | None = None

@@ -206,6 +206,15 @@ def test_the_summary_line_counts_every_status(tmp_path, capsys):
                      f"1 cancelled); results in {tmp_path / 'results.csv'}")
 
 
+def test_the_summary_lists_the_failed_and_the_diverged_jobs_with_why(tmp_path, capsys):
+    print_summary(tmp_path, status_frame())
+    assert capsys.readouterr().err.splitlines() == [
+        "2 failed job(s):",
+        "  job 2 [seed=2]: training diverged in epoch 3 (a NaN or infinite loss)",
+        "  job 4 [seed=4]: model.hidden_size=0: expected a number >= 1",
+    ]
+
+
 def test_the_summary_of_a_sweep_whose_jobs_all_failed_lists_them(tmp_path, capsys):
     frame = status_frame()[["job", "status", "overrides", "dir", "error", "seed"]].assign(status="failed")
     print_summary(tmp_path, frame)

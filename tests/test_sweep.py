@@ -41,6 +41,14 @@ def test_a_failed_job_is_recorded_and_the_others_run(basic):
     assert "1 finished, 1 failed" in proc.stdout
 
 
+def test_a_job_that_diverges_in_a_parallel_sweep_makes_the_sweep_exit_1(tmp_path):
+    """As a diverged run does alone, whichever launcher ran it (here in a worker process)."""
+    proc = sweep(tmp_path, "trainer.optimizer.lr=1e30,0.03", "task.loss=mse", "hydra/launcher=joblib")
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert list(results(tmp_path)["status"]) == ["diverged", "finished"]
+    assert "job 0 [trainer.optimizer.lr=1e+30]: training diverged in epoch 1" in proc.stderr
+
+
 @pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
 def test_parallel_launchers_give_the_same_table(basic, tmp_path, launcher):
     _, basic_dir = basic
