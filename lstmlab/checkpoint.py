@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .config_keys import flatten_config
 from .errors import LabError, first_line
-from .schema import flatten_config
 
 FORMAT = "lstmlab-checkpoint"
 FORMAT_VERSION = 1

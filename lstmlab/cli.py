@@ -58,9 +58,9 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> d
     resumed = checkpoint.load_for_resume(cfg.trainer.resume, config) if cfg.trainer.resume else None
     seed_everything(cfg.seed)
     trainer = build(_trainer_options(config), seed=cfg.seed)
-    if resumed and resumed.state.epoch >= trainer.max_epochs:
-        raise LabError(f"trainer.max_epochs={trainer.max_epochs}: the checkpoint {resumed.path} has already done "
-                       f"{resumed.state.epoch} epochs; raise trainer.max_epochs to train on")
+    if resumed and resumed.state.epoch >= trainer.max_epochs:  # e.g. stopped while its last epoch was saved
+        log.info("%s has done %d epochs (trainer.max_epochs=%d): nothing left to train; raise "
+                 "trainer.max_epochs to train on", resumed.path, resumed.state.epoch, trainer.max_epochs)
     task = build(cfg.task)
     monitor, mode = trainer.monitor_of(task)
     rnn = build(cfg.model, input_size=task.input_size)

@@ -211,7 +211,7 @@ def print_summary(sweep_dir: Path, frame: pd.DataFrame, interrupted: bool = Fals
     if len(failed):
         varying = swept_keys(frame, over=())
         lines = [f"  job {_job(r.job)} [{_shown(r.overrides, varying)}]: {_why(r)}" for r in failed.itertuples()]
-        print(f"{len(lines)} failed job(s):\n" + "\n".join(lines), file=sys.stderr)
+        print(f"{len(lines)} job(s) failed or diverged:\n" + "\n".join(lines), file=sys.stderr)
     sys.stdout.flush()
 
 

@@ -6,7 +6,7 @@ A run directory holds:
   train_loss``), then each metric the task's ``evaluate`` returns (e.g. ``test_loss,
   test_acc, exhaustive_acc``); see :func:`epoch_row`.
 - ``result.csv``: one row: the resolved config flattened to dotted columns
-  (``model.hidden_size``, ...; :func:`lstmlab.schema.flatten_config`), then the final metrics, then ``RUN_COLUMNS`` (``epochs``,
+  (``model.hidden_size``, ...; :func:`lstmlab.config_keys.flatten_config`), then the final metrics, then ``RUN_COLUMNS`` (``epochs``,
   ``stop_reason``, ``params``, ``train_seconds``, ``device``, ``threads``, ``monitor``,
   ``monitor_mode``, ``status``); see :func:`run_summary`. It is written last; ``status`` says
   how the run ended (finished, interrupted, diverged, failed).
@@ -34,7 +34,7 @@ import torch
 
 from . import checkpoint
 from .checkpoint import TrainState
-from .schema import flatten_config
+from .config_keys import flatten_config
 
 METRICS_FILE = "metrics.csv"
 RESULT_FILE = "result.csv"

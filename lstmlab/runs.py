@@ -15,8 +15,8 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from .config_keys import flatten_config
 from .results import read_result
-from .schema import flatten_config
 
 FINISHED, FAILED, DIVERGED, INTERRUPTED = "finished", "failed", "diverged", "interrupted"
 INCOMPLETE = "incomplete"  # no result.csv: running, killed, or stopped before its training began

@@ -11,7 +11,7 @@ YAML starts from ``ModelConf``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any, List, Mapping, Optional
+from typing import List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -208,21 +208,6 @@ class TrainerConf:
 
 SCHEMAS = (ModelConf, HandLSTMConf, HandRNNConf, AdderConf, SinCosConf, ImdbConf, TrainerConf)
 GROUPS = ("model", "task", "trainer")  # the config groups these type
-
-
-def flatten_config(config: Mapping, prefix: str = "") -> dict[str, Any]:
-    """{"model": {"hidden_size": 16}} -> {"model.hidden_size": 16}, the keys as the command line and
-    ``result.csv`` name them; lists become strings."""
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten_config(value, prefix=f"{name}."))
-        elif isinstance(value, (list, tuple)):
-            flat[name] = str(list(value))
-        else:
-            flat[name] = value
-    return flat
 
 
 def register_configs() -> None:

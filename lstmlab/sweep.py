@@ -28,11 +28,11 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from .checkpoint import LAST_FILE
+from .config_keys import flatten_config
 from .errors import LabError, one_line
 from .report import failed_jobs, print_summary
 from .results import RunRecorder, as_csv_text, read_result, stored_as_text, write_results
 from .runs import FINISHED, INTERRUPTED, collect
-from .schema import flatten_config
 
 log = logging.getLogger("lstmlab")
 
@@ -103,14 +103,13 @@ def finished_before(run_dir: Path, config: Mapping) -> dict | None:
 
 def resumable_epoch(run_dir: Path, config: Mapping) -> int | None:
     """The epoch to go on from when ``run_dir`` holds an interrupted run of exactly this config
-    with its ``last.pt`` and epochs left to train; None otherwise, or when the config sets
-    ``trainer.resume`` itself."""
+    with its ``last.pt``; None otherwise, or when the config sets ``trainer.resume`` itself."""
     trainer = config.get("trainer") or {}
     stored = None if trainer.get("resume") else stored_run(run_dir, config, INTERRUPTED)
     if stored is None or not (run_dir / LAST_FILE).is_file():
         return None
     epoch = _as_int(stored.get("epochs"))
-    return epoch if epoch and epoch < trainer.get("max_epochs", 0) else None
+    return epoch or None
 
 
 def stored_run(run_dir: Path, config: Mapping, status: str) -> dict[str, str] | None:

@@ -18,10 +18,12 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from lstmlab.models import SequenceModel
+from lstmlab.trainer import Trainer
 from lstmlab.tasks.imdb_archive import load_imdb
 from lstmlab.tasks.imdb_corpus import ImdbCorpus
 
 ROOT = Path(__file__).resolve().parents[1]
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 HAS_CPP_COMPILER = any(shutil.which(c) for c in ("g++", "c++", "clang++"))  # torch.compile's CPU backend needs one
 LAB = Path(sys.executable).with_name("lstmlab")
 TINY_ADDER = ["task.train_size=600", "task.test_size=200", "task.eval_size=200", "model.hidden_size=8",
@@ -84,9 +86,7 @@ def evaluate_saved_model(run_dir: Path) -> dict[str, float]:
     task = instantiate(cfg.task)
     net = SequenceModel(instantiate(cfg.model, input_size=task.input_size), **task.network_options())
     net.load_state_dict(torch.load(run_dir / "model.pt", weights_only=True))
-    net.eval()
-    with torch.no_grad():
-        return task.evaluate(lambda batch: net(batch.inputs, batch.lengths).float())
+    return task.evaluate(Trainer(optimizer=None, device="cpu").predictor(net))
 
 
 def results(sweep_dir: Path) -> pd.DataFrame:

@@ -17,12 +17,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import wait_for_file
+from conftest import LAB, wait_for_file
 
 from lstmlab import checkpoint, cli
 from lstmlab.errors import LabError
 
-LSTMLAB = Path(sys.executable).parent / "lstmlab"
 STEPS_PER_EPOCH = 32  # 2000 pairs in batches of 64
 # the serial adder, tiny and single-threaded, so that two runs on the CPU agree bit for bit
 TINY = ["task.train_size=2000", "task.test_size=200", "task.eval_bits=[16]", "task.eval_size=200",
@@ -36,12 +35,12 @@ def _env() -> dict:
 
 
 def lstmlab(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(LSTMLAB), *args], capture_output=True, text=True, env=_env(), timeout=600)
+    return subprocess.run([str(LAB), *args], capture_output=True, text=True, env=_env(), timeout=600)
 
 
 def interrupted_run(run_dir: Path, signum: int, *args: str) -> subprocess.CompletedProcess:
     """Starts a long run, sends ``signum`` once its first epoch's last.pt exists, waits for the exit."""
-    proc = subprocess.Popen([str(LSTMLAB), *TINY, MANY_EPOCHS, *args, f"hydra.run.dir={run_dir}"],
+    proc = subprocess.Popen([str(LAB), *TINY, MANY_EPOCHS, *args, f"hydra.run.dir={run_dir}"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
     try:
         wait_for_file(run_dir / checkpoint.LAST_FILE, proc, timeout=300)
@@ -164,13 +163,15 @@ def test_resume_refuses_a_checkpoint_of_another_model_shape(terminated, tmp_path
     assert not (tmp_path / "result.csv").exists()
 
 
-def test_resume_needs_epochs_left_to_train(terminated, tmp_path, in_process):
+def test_resuming_a_checkpoint_with_no_epochs_left_finishes_the_run_at_once(terminated, tmp_path):
+    """As when the signal came while the last epoch was being saved: the printed command finishes it."""
     done = checkpoint.load(terminated[0] / "last.pt").state.epoch
-    code, stderr = in_process(*TINY, "task.loss=mse", f"trainer.max_epochs={done}", f"trainer.resume={terminated[0]}",
-                              f"hydra.run.dir={tmp_path}")
-    assert code == 2
-    assert stderr.startswith(f"lstmlab: error: trainer.max_epochs={done}: ")
-    assert not (tmp_path / "result.csv").exists()
+    proc = lstmlab(*TINY, "task.loss=mse", f"trainer.max_epochs={done}", f"trainer.resume={terminated[0]}",
+                   f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr
+    assert f"has done {done} epochs (trainer.max_epochs={done}): nothing left to train" in proc.stdout + proc.stderr
+    assert (result(tmp_path)["status"], result(tmp_path)["epochs"]) == ("finished", done)
+    assert len(pd.read_csv(tmp_path / "metrics.csv")) == done and (tmp_path / "model.pt").exists()
 
 
 def test_best_pt_holds_the_best_epoch(terminated):

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import HAS_CPP_COMPILER, TINY_ADDER, evaluate_saved_model, run_lab
+from conftest import HAS_CPP_COMPILER, TINY_ADDER, evaluate_saved_model, needs_cuda, run_lab
 from lstmlab.trainer import resolve_device
 
 
@@ -29,7 +29,7 @@ def test_adder_run_writes_metrics_result_and_model(lab):
 @pytest.mark.skipif(not HAS_CPP_COMPILER, reason="torch.compile needs a C++ compiler")
 def test_compiled_run_trains_and_saves_the_plain_model(lab):
     proc = lab("task=adder", "model=hand_lstm", *TINY_ADDER, "trainer.max_epochs=1", "task.eval_bits=[16]",
-               "trainer.compile=true")
+               "trainer.compile=true", "trainer.device=cpu")  # the device evaluate_saved_model uses
     assert proc.returncode == 0, proc.stderr
     result = pd.read_csv(lab.run_dir / "result.csv").iloc[0]
     assert result["trainer.compile"] and result["status"] == "finished"
@@ -41,7 +41,7 @@ def test_compiled_run_trains_and_saves_the_plain_model(lab):
     assert result["acc_16bit"] == pytest.approx(again["acc_16bit"], abs=1e-3)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@needs_cuda
 def test_manual_backward_trains_on_cuda(lab):
     proc = lab("task=adder", "model=hand_lstm", "model.backward=manual", *TINY_ADDER, "trainer.device=cuda",
                "trainer.target_metric=null")
@@ -50,8 +50,8 @@ def test_manual_backward_trains_on_cuda(lab):
     assert result["device"].startswith("cuda") and result["status"] == "finished" and result["epochs"] == 2
     state = torch.load(lab.run_dir / "model.pt", weights_only=True)
     assert all(t.device.type == "cpu" for t in state.values())  # loads on a machine without a GPU
-    two_epochs = [a for a in TINY_ADDER if not a.startswith("trainer.max_epochs=")]
-    resumed = lab("task=adder", "model=hand_lstm", "model.backward=manual", *two_epochs, "trainer.max_epochs=3",
+    without_max_epochs = [a for a in TINY_ADDER if not a.startswith("trainer.max_epochs=")]
+    resumed = lab("task=adder", "model=hand_lstm", "model.backward=manual", *without_max_epochs, "trainer.max_epochs=3",
                   "trainer.device=cuda", "trainer.target_metric=null", f"trainer.resume={lab.run_dir}")
     assert resumed.returncode == 0, resumed.stderr
     assert pd.read_csv(lab.run_dir / "metrics.csv")["epoch"].tolist() == [1, 2, 3]

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import needs_cuda
 from lstmlab.models import lstm_function, matmul
 from lstmlab.models.lstm_function import LocalDerivativesAhead, lstm_direction_manual
 from lstmlab.models.variable_length import RunningRows
@@ -333,7 +334,7 @@ def test_backward_in_several_threads_at_once():
         assert_all_close(got, want)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@needs_cuda
 @pytest.mark.parametrize("ragged", [False, True], ids=["full", "lengths"])
 def test_cuda_matches_autograd_reference(ragged):
     inputs = [t.detach().cuda().requires_grad_() for t in make_inputs(4, 7, 5, 6, seed=14)]
@@ -346,7 +347,7 @@ def test_cuda_matches_autograd_reference(ragged):
     assert_all_close(grads_of(got, inputs, upstream), grads_of(ref, inputs, upstream))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@needs_cuda
 @pytest.mark.parametrize("lengths", [None, RAGGED], ids=["full", "lengths"])
 def test_gradcheck_on_cuda(lengths):
     inputs = [t.detach().cuda().requires_grad_() for t in make_inputs(5, 4, 2, 3, seed=15)]

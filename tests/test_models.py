@@ -9,12 +9,11 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from conftest import HAS_CPP_COMPILER
+from conftest import HAS_CPP_COMPILER, needs_cuda
 from lstmlab.models import HandLSTM, HandRNN, LayerNormLSTM, SequenceModel
 from lstmlab.models.variable_length import RunningRows
 
 TOL = dict(rtol=0, atol=1e-10)
-NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 def twin_lstms(input_size=3, hidden_size=5, backward="autograd", **kwargs):
@@ -293,7 +292,7 @@ def on_cpu(result):
     return *(t.cpu() for t in result[:3]), {name: g.cpu() for name, g in result[3].items()}
 
 
-@NEEDS_CUDA
+@needs_cuda
 @pytest.mark.parametrize("backward", ["autograd", "manual"])
 def test_on_cuda_stacked_bidirectional_with_initial_state_matches_torch_on_the_cpu(backward):
     reference, hand = twin_lstms(num_layers=2, bidirectional=True, batch_first=True, backward=backward)
@@ -304,21 +303,23 @@ def test_on_cuda_stacked_bidirectional_with_initial_state_matches_torch_on_the_c
     assert_same_results(on_cpu(got), expected)
 
 
-@NEEDS_CUDA
+@needs_cuda
 @pytest.mark.parametrize("backward", ["autograd", "manual"])
-def test_on_cuda_packed_input_gives_torch_outputs_and_final_states(backward):
+def test_on_cuda_packed_input_and_lengths_give_torch_outputs_and_final_states(backward):
     reference, hand = twin_lstms(num_layers=2, bidirectional=True, batch_first=True, backward=backward)
+    hand = hand.cuda()
     x, lengths = padded_batch([5, 2, 7, 1])
     expected_out, (expected_h, expected_c) = reference(pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False))
-    packed = pack_padded_sequence(x.cuda(), lengths, batch_first=True, enforce_sorted=False)
-    got_out, (got_h, got_c) = hand.cuda()(packed)
-    assert got_out.data.is_cuda
-    torch.testing.assert_close(got_out.data.cpu(), expected_out.data, **TOL)
-    torch.testing.assert_close(got_h.cpu(), expected_h, **TOL)
-    torch.testing.assert_close(got_c.cpu(), expected_c, **TOL)
+    expected_padded, _ = pad_packed_sequence(expected_out, batch_first=True)
+    got_out, (got_h, got_c) = hand(pack_padded_sequence(x.cuda(), lengths, batch_first=True, enforce_sorted=False))
+    padded, (padded_h, padded_c) = hand(x.cuda(), lengths=lengths.cuda())  # as the trainer passes them
+    for got, expected in [(got_out.data, expected_out.data), (got_h, expected_h), (got_c, expected_c),
+                          (padded, expected_padded), (padded_h, expected_h), (padded_c, expected_c)]:
+        assert got.is_cuda
+        torch.testing.assert_close(got.cpu(), expected, **TOL)
 
 
-@NEEDS_CUDA
+@needs_cuda
 @pytest.mark.parametrize("layer", [HandRNN, LayerNormLSTM])
 def test_other_cells_on_cuda_give_what_they_give_on_the_cpu(layer):
     def outputs_and_grads(model, x):
@@ -328,7 +329,9 @@ def test_other_cells_on_cuda_give_what_they_give_on_the_cpu(layer):
         torch.manual_seed(1)
         weights = [torch.randn(t.shape, dtype=t.dtype).to(t.device) for t in (output, final)]
         ((output * weights[0]).sum() + (final * weights[1]).sum()).backward()
-        return [t.detach().cpu() for t in (output, final, x.grad, *(p.grad for p in model.parameters()))]
+        results = (output, final, x.grad, *(p.grad for p in model.parameters()))
+        assert all(t.device == x.device for t in results)
+        return [t.detach().cpu() for t in results]
 
     torch.manual_seed(0)
     on_the_cpu = layer(3, 5, num_layers=2, bidirectional=True, batch_first=True, dtype=torch.float64)

@@ -209,7 +209,7 @@ def test_the_summary_line_counts_every_status(tmp_path, capsys):
 def test_the_summary_lists_the_failed_and_the_diverged_jobs_with_why(tmp_path, capsys):
     print_summary(tmp_path, status_frame())
     assert capsys.readouterr().err.splitlines() == [
-        "2 failed job(s):",
+        "2 job(s) failed or diverged:",
         "  job 2 [seed=2]: training diverged in epoch 3 (a NaN or infinite loss)",
         "  job 4 [seed=4]: model.hidden_size=0: expected a number >= 1",
     ]
@@ -220,7 +220,7 @@ def test_the_summary_of_a_sweep_whose_jobs_all_failed_lists_them(tmp_path, capsy
     print_summary(tmp_path, frame)
     captured = capsys.readouterr()
     assert "sweep done: 7 jobs (7 failed)" in captured.out
-    assert "7 failed job(s):" in captured.err
+    assert "7 job(s) failed or diverged:" in captured.err
 
 
 def test_the_report_counts_diverged_jobs_as_failed_and_interrupted_ones_as_incomplete():

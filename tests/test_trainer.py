@@ -64,7 +64,7 @@ def test_resuming_from_the_epoch_that_met_the_target_trains_no_further():
     resumed = trainer.fit(net, task, on_epoch=rows.append, start=states[-1])
     assert rows == [] and (resumed.epochs, resumed.stop_reason) == (fit.epochs, "target_metric")
     assert resumed.metrics == fit.metrics and resumed.best == 1.0
-    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), states[-1].model.values()))
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), states[-1].model.values(), strict=True))
     untargeted = Trainer(ADAM, device="cpu", max_epochs=fit.epochs + 1, batch_size=32, progress=False)
     assert untargeted.fit(tiny_adder_net(task), task, start=states[-1]).epochs == fit.epochs + 1
 

@@ -1,6 +1,6 @@
 """The config tree's keys as dotted names."""
 
-from lstmlab.schema import flatten_config
+from lstmlab.config_keys import flatten_config
 
 
 def test_flatten_config_gives_dotted_columns():
