@@ -28,7 +28,7 @@ def one_line(exc: BaseException) -> str:
     if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
         message = first_line(cause)
         if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and "not in" in message:
-            return no_such_key(cause.full_key, _schema_keys(cause))
+            return no_such_key(cause.full_key, schema_keys(getattr(cause, "object_type", None)))
         return f"{cause.full_key}: {message}"
     return first_line(exc)
 
@@ -56,9 +56,9 @@ def no_such_key(key: str, known=()) -> str:
     return f"{key}: no such key" + (f"; expected one of: {', '.join(known)}" if known else "")
 
 
-def _schema_keys(cause) -> list[str]:
-    """The keys of the structured schema a ConfigKeyError was raised on, if any."""
-    object_type = getattr(cause, "object_type", None)
-    if object_type is not None and dataclasses.is_dataclass(object_type):
-        return [f.name for f in dataclasses.fields(object_type) if not f.name.startswith("_")]
-    return []
+def schema_keys(schema) -> list[str]:
+    """The keys a user may set in a structured schema (a dataclass or one of its objects): its
+    fields, less those starting with ``_`` (``_target_``); none if ``schema`` is not one."""
+    if schema is None or not dataclasses.is_dataclass(schema):
+        return []
+    return [f.name for f in dataclasses.fields(schema) if not f.name.startswith("_")]

@@ -10,13 +10,13 @@ YAML starts from ``ModelConf``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from .errors import LabError, no_such_key
+from .errors import LabError, no_such_key, schema_keys
 
 
 def _check(key: str, ok: bool, expected: str, value) -> None:
@@ -226,7 +226,6 @@ def validate(cfg: DictConfig) -> None:
     (raises LabError naming the key and what was expected)."""
     _check_known("", cfg.keys(), TOP_LEVEL_KEYS)
     for group in GROUPS:
-        typed = OmegaConf.to_object(cfg[group])
-        _check_known(f"{group}.", cfg[group].keys(), [f.name for f in fields(typed) if not f.name.startswith("_")])
+        _check_known(f"{group}.", cfg[group].keys(), schema_keys(OmegaConf.to_object(cfg[group])))
     seed = cfg.get("seed")
     _check("seed", isinstance(seed, int) and not isinstance(seed, bool), "an integer", seed)
