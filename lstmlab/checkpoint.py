@@ -33,6 +33,9 @@ BEST_FILE = "best.pt"
 #: optimizer. Other trainer keys (learning rate, batch size, epochs, ...) may change; the run
 #: then goes on as told, no longer the twin of a run never stopped.
 RESUME_MUST_MATCH = ("model.", "task.", "seed", "trainer.optimizer._target_")
+#: ... except these task keys, which say how the data is fetched and shown, not what it is
+#: (moving a run to another machine changes them; ``task.data_path`` must still match)
+RESUME_MAY_DIFFER = ("task.cache_dir", "task.download", "task.progress", "task.eval_batch_size")
 
 
 # ---------------------------------------------------------------- random number generators
@@ -221,6 +224,6 @@ def load_for_resume(path: Path | str, config: Mapping) -> Checkpoint:
 def config_differences(saved: Mapping, current: Mapping) -> list[str]:
     """'key: X in the checkpoint, Y now' for each key that must match to resume."""
     old, new = flatten_config(saved), flatten_config(current)
-    keys = sorted(k for k in old.keys() | new.keys() if k.startswith(RESUME_MUST_MATCH))
+    keys = sorted(k for k in old.keys() | new.keys() if k.startswith(RESUME_MUST_MATCH) and k not in RESUME_MAY_DIFFER)
     return [f"{k}: {old.get(k, '<absent>')} in the checkpoint, {new.get(k, '<absent>')} now"
             for k in keys if old.get(k, "<absent>") != new.get(k, "<absent>")]

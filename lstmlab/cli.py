@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -9,6 +10,7 @@ import shlex
 import signal
 import sys
 from pathlib import Path
+from typing import Callable
 
 import hydra
 import numpy as np
@@ -24,7 +26,7 @@ from .errors import LabError, one_line
 from .models import SequenceModel
 from .results import RUN_COLUMNS, RunRecorder, run_summary
 from .schema import register_configs, validate
-from .trainer import Diverged
+from .trainer import Diverged, resolve_monitor
 
 log = logging.getLogger("lstmlab")
 
@@ -63,6 +65,8 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> d
                  "trainer.max_epochs to train on", resumed.path, resumed.state.epoch, trainer.max_epochs)
     task = build(cfg.task)
     monitor, mode = trainer.monitor_of(task)
+    if resumed:
+        _restart_best_if_monitor_changed(resumed, task, monitor, mode)
     rnn = build(cfg.model, input_size=task.input_size)
     net = SequenceModel(rnn, **task.network_options())
     params = sum(p.numel() for p in net.parameters())
@@ -72,31 +76,66 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> d
              "monitor": monitor, "monitor_mode": mode}
     recorder = RunRecorder(run_dir, config=config, history=resumed.history if resumed else (), monitor=monitor)
     if resumed:
-        recorder.clear_result()
         log.info("resuming from %s after epoch %d", resumed.path, resumed.state.epoch)
     stopped = _Stopped(recorder, config, about, resumed, overrides or [])
     try:
         fit = trainer.fit(net, task, start=resumed.state if resumed else None,
                           on_checkpoint=lambda state: _end_epoch(recorder, state))
     except KeyboardInterrupt as exc:
-        with interrupts.deferred():
+        with _second_signal_ignored():
             stopped.interrupted(exc)
         raise
     except Diverged as exc:
         with interrupts.deferred():
             return stopped.diverged(exc)
-    with interrupts.deferred():
-        recorder.save_model(net.state_dict())
-        recorder.flush_metrics()
-        write_plots(run_dir, task, trainer.predictor(net))
-        summary = run_summary(fit.metrics, epochs=fit.epochs, stop_reason=fit.stop_reason,
-                              train_seconds=fit.train_seconds, status="finished", about=about)
-        final = {k: v for k, v in summary.items() if k not in RUN_COLUMNS}
-        recorder.write_result(config, summary)
+    except BaseException:
+        with interrupts.deferred(), contextlib.suppress(OSError):
+            recorder.flush_metrics()  # the epochs saved in last.pt, for whoever looks into the failure
+        raise
+    summary = _write_finished(recorder, fit, about, net, lambda: write_plots(run_dir, task, trainer.predictor(net)))
+    final = {k: v for k, v in summary.items() if k not in RUN_COLUMNS}
     print(" | ".join(f"{k} {_fmt(v)}" for k, v in final.items()))
     print(f"stopped after {fit.epochs} epoch{'' if fit.epochs == 1 else 's'} ({fit.stop_reason})")
     print(f"results in {run_dir}")
     return summary
+
+
+def _write_finished(recorder: RunRecorder, fit, about: dict, net, plot: Callable[[], None]) -> dict:
+    """model.pt, metrics.csv, the plots and, last, result.csv of a finished run; its summary.
+    A signal meanwhile waits until all are written."""
+    try:
+        with interrupts.deferred():
+            recorder.save_model(net.state_dict())
+            recorder.flush_metrics()
+            plot()
+            summary = run_summary(fit.metrics, epochs=fit.epochs, stop_reason=fit.stop_reason,
+                                  train_seconds=fit.train_seconds, status="finished", about=about)
+            recorder.write_result(recorder.config, summary)
+    except KeyboardInterrupt as exc:
+        _say(f"interrupted after the run finished; its results are complete in {_shown(recorder.run_dir)}")
+        exc.reported = True
+        raise
+    return summary
+
+
+def _restart_best_if_monitor_changed(resumed: checkpoint.Checkpoint, task, monitor: str, mode: str) -> None:
+    """A best value kept for another metric, or the other way round, means nothing now."""
+    before = resolve_monitor(task, resumed.monitor, resumed.config["trainer"].get("mode"))
+    if before != (monitor, mode):
+        log.info("resuming with trainer.monitor=%s (%s) instead of %s (%s): the best so far, and best.pt, "
+                 "start again from this run's epochs", monitor, mode, *before)
+        resumed.state.best = None
+
+
+@contextlib.contextmanager
+def _second_signal_ignored():
+    """Runs the block to its end; a signal that arrives meanwhile (a second Ctrl-C while the
+    first is handled) is dropped: the run is stopping already."""
+    try:
+        with interrupts.deferred():
+            yield
+    except KeyboardInterrupt:
+        pass
 
 
 def _trainer_options(config: dict) -> dict:
@@ -244,7 +283,11 @@ def main() -> None:
             _say("interrupted before training started")
         sys.exit(interrupts.exit_code(exc))
     except Exception as exc:  # noqa: BLE001 - the one place that turns errors into a message
-        sweep.close_open_sweep(interrupted=False)
+        outcome = sweep.close_open_sweep(interrupted=False)
+        if outcome is not None and len(outcome.failed) == len(outcome.frame) and not full_trace:
+            # e.g. Optuna's sweeper, asked for the best of trials that all failed
+            _say(f"every job of the sweep failed or diverged, so the sweeper stopped: {one_line(exc)}")
+            sys.exit(1)
         if full_trace or not _is_bad_input(exc):
             raise
         print(f"lstmlab: error: {one_line(exc)}", file=sys.stderr)

@@ -4,7 +4,7 @@ A run directory holds:
 
 - ``metrics.csv``: one row per epoch: ``EPOCH_COLUMNS`` (``epoch, step, seconds,
   train_loss``), then each metric the task's ``evaluate`` returns (e.g. ``test_loss,
-  test_acc, exhaustive_acc``); see :func:`epoch_row`.
+  test_acc, exhaustive_acc``). The trainer makes these rows.
 - ``result.csv``: one row: the resolved config flattened to dotted columns
   (``model.hidden_size``, ...; :func:`lstmlab.config_keys.flatten_config`), then the final metrics, then ``RUN_COLUMNS`` (``epochs``,
   ``stop_reason``, ``params``, ``train_seconds``, ``device``, ``threads``, ``monitor``,
@@ -23,8 +23,6 @@ per job (``lstmlab/runs.py`` builds it).
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -35,6 +33,8 @@ import torch
 from . import checkpoint
 from .checkpoint import TrainState
 from .config_keys import flatten_config
+from .files import atomic_write_bytes
+from .trainer import EPOCH_COLUMNS  # metrics.csv's first columns
 
 METRICS_FILE = "metrics.csv"
 RESULT_FILE = "result.csv"
@@ -42,15 +42,9 @@ MODEL_FILE = "model.pt"
 RESULTS_FILE = "results.csv"
 TRACEBACK_FILE = "traceback.txt"
 
-EPOCH_COLUMNS = ("epoch", "step", "seconds", "train_loss")  # metrics.csv's first columns
 BOOKKEEPING = EPOCH_COLUMNS[:3]  # the ones that are not metrics
 RUN_COLUMNS = ("epochs", "stop_reason", "params", "train_seconds", "device", "threads", "monitor",
                "monitor_mode", "status")  # result.csv's last columns
-
-
-def epoch_row(epoch: int, step: int, seconds: float, train_loss: float) -> dict:
-    """The first columns of an epoch's row in metrics.csv; the task's metrics are added to it."""
-    return dict(zip(EPOCH_COLUMNS, (epoch, step, seconds, train_loss)))
 
 
 def run_summary(last_row: Mapping, *, epochs: int, stop_reason: str, train_seconds: float, status: str,
@@ -61,29 +55,6 @@ def run_summary(last_row: Mapping, *, epochs: int, stop_reason: str, train_secon
     run = {"epochs": epochs, "stop_reason": stop_reason, "train_seconds": round(train_seconds, 3),
            "status": status, **about}
     return metrics | {column: run[column] for column in RUN_COLUMNS}
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside ``path``, then rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it owner-only; results are ordinary files
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def atomic_write_csv(path: Path, frame: pd.DataFrame) -> None:
@@ -138,7 +109,7 @@ class RunRecorder:
         history: list[dict] | tuple = (),
         monitor: str | None = None,
     ) -> None:
-        """``history``: the rows of the epochs a resumed run has already done."""
+        """``history``: the rows of the epochs a resumed run has already done (empty for a new run)."""
         self.run_dir = Path(run_dir)
         self.rows: list[dict] = [dict(row) for row in history]
         self.flush_seconds = flush_seconds
@@ -146,6 +117,8 @@ class RunRecorder:
         self.monitor = monitor
         self.checkpoint_epoch = self.rows[-1]["epoch"] if self.rows else 0
         self.saved_checkpoint: Path | None = None  # this run's last.pt, once written
+        self._resumed = bool(self.rows)
+        self._earlier_removed = False
         self._last_flush = 0.0
 
     def add_epoch(self, row: dict) -> None:
@@ -161,6 +134,7 @@ class RunRecorder:
 
     def end_epoch(self, state: TrainState) -> None:
         """Records the epoch's row and saves ``last.pt`` (and ``best.pt`` if it improved)."""
+        self._remove_earlier_results(best_too=not self._resumed)
         self.add_epoch(state.row)
         data = torch_bytes(checkpoint.to_payload(state, self.config, self.rows, self.monitor))
         atomic_write_bytes(self.run_dir / checkpoint.LAST_FILE, data)
@@ -169,17 +143,27 @@ class RunRecorder:
         self.checkpoint_epoch = state.epoch
         self.saved_checkpoint = self.run_dir / checkpoint.LAST_FILE
 
-    def clear_result(self) -> None:
-        """Removes a previous ``result.csv`` (a resumed run writes its own when it stops)."""
-        (self.run_dir / RESULT_FILE).unlink(missing_ok=True)
+    def _remove_earlier_results(self, best_too: bool = False) -> None:
+        """Called by the first write: removes what an earlier run in the same directory (or the
+        run this one resumes) left that would no longer describe this one. Until then the
+        directory holds the earlier run as it was, so bad input or a kill loses nothing; after,
+        a run cut off before writing ``result.csv`` shows as incomplete, not as the earlier run.
+        ``best_too``: also ``best.pt`` (when the first epoch of a new run is saved)."""
+        if self._earlier_removed:
+            return
+        self._earlier_removed = True
+        for name in (RESULT_FILE, MODEL_FILE, TRACEBACK_FILE) + ((checkpoint.BEST_FILE,) if best_too else ()):
+            (self.run_dir / name).unlink(missing_ok=True)
 
     def save_model(self, state_dict: Mapping[str, torch.Tensor]) -> Path:
+        self._remove_earlier_results()
         path = self.run_dir / MODEL_FILE
         atomic_torch_save(path, {k: v.detach().cpu() for k, v in state_dict.items()})
         return path
 
     def write_result(self, config: Mapping, summary: Mapping[str, Any]) -> Path:
         """The run's one-row summary: flattened config, then the summary's columns."""
+        self._remove_earlier_results()
         self.flush_metrics()
         row = flatten_config(config) | dict(summary)
         path = self.run_dir / RESULT_FILE
@@ -188,6 +172,7 @@ class RunRecorder:
 
     def write_failed(self, config: Mapping, error: str, traceback: str = "") -> Path:
         """A failed run: ``result.csv`` with ``status=failed`` and the one-line ``error``."""
+        self._remove_earlier_results()
         (self.run_dir / MODEL_FILE).unlink(missing_ok=True)
         if traceback:
             atomic_write_bytes(self.run_dir / TRACEBACK_FILE, traceback.encode())

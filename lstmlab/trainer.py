@@ -15,10 +15,11 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .checkpoint import TrainState
 from .errors import LabError, first_line
-from .results import epoch_row
 from .tasks.base import Batch, Predict, Task
 
 log = logging.getLogger("lstmlab")
+
+EPOCH_COLUMNS = ("epoch", "step", "seconds", "train_loss")  # an epoch's row starts so; the task's metrics follow
 
 EpochCallback = Callable[[dict], None]
 CheckpointCallback = Callable[[TrainState], None]
@@ -143,7 +144,7 @@ class Trainer:
         with bar, logging_redirect_tqdm(), torch.autograd.set_detect_anomaly(self.detect_anomaly):
             for epoch in range(first, self.max_epochs + 1):
                 train_loss, step = self._train_epoch(net, run, task, optimizer, generator, bar, epoch, step)
-                row = epoch_row(epoch, step, 0.0, train_loss)
+                row = dict(zip(EPOCH_COLUMNS, (epoch, step, 0.0, train_loss)))
                 if self._evaluates(epoch, train_loss):
                     row.update(self.evaluate(net, task, run))
                 row["seconds"] = round(time.perf_counter() - begin, 4)
@@ -176,12 +177,7 @@ class Trainer:
     def monitor_of(self, task: Task) -> tuple[str, str]:
         """The metric to watch, the trainer's if set, else the task's; and its mode (max | min),
         the trainer's if set, else what the task says of that metric."""
-        modes = {"train_loss": "min", **task.metric_modes}
-        monitor = self.monitor or task.monitor
-        if monitor not in modes:
-            raise LabError(f"trainer.monitor={monitor}: expected one of {', '.join(modes)} "
-                           f"(the metrics of {type(task).__name__})")
-        return monitor, self.mode or modes[monitor]
+        return resolve_monitor(task, self.monitor, self.mode)
 
     def _evaluates(self, epoch: int, train_loss: float) -> bool:
         """Whether the epoch is evaluated: every ``eval_every``-th, and the last, whether it is
@@ -253,6 +249,16 @@ class Trainer:
         if self.target_loss is not None and row["train_loss"] < self.target_loss:
             return "target_loss"
         return None
+
+
+def resolve_monitor(task: Task, monitor: str | None, mode: str | None) -> tuple[str, str]:
+    """(monitor or the task's, mode or what the task says of that metric)."""
+    modes = {"train_loss": "min", **task.metric_modes}
+    monitor = monitor or task.monitor
+    if monitor not in modes:
+        raise LabError(f"trainer.monitor={monitor}: expected one of {', '.join(modes)} "
+                       f"(the metrics of {type(task).__name__})")
+    return monitor, mode or modes[monitor]
 
 
 def _better(value: float | None, best: float | None, mode: str) -> bool:

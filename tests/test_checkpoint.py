@@ -209,6 +209,9 @@ def test_config_differences_name_only_shape_and_task_keys():
     other = {**saved, "model": {"hidden_size": 16}, "task": {"bits": 8, "extra": 1}}
     assert checkpoint.config_differences(saved, other) == [
         "model.hidden_size: 8 in the checkpoint, 16 now", "task.extra: <absent> in the checkpoint, 1 now"]
+    # how the data is fetched and shown may change, e.g. on another machine
+    moved = {**saved, "task": {"bits": 8, "cache_dir": "/scratch", "progress": False, "eval_batch_size": 512}}
+    assert checkpoint.config_differences(saved, moved) == []
 
 
 def test_load_weights_reads_model_pt_and_refuses_other_files(tmp_path):
@@ -217,3 +220,79 @@ def test_load_weights_reads_model_pt_and_refuses_other_files(tmp_path):
     torch.save({"steps": [1, 2]}, tmp_path / "other.pt")
     with pytest.raises(LabError, match="other.pt: not a model state_dict"):
         checkpoint.load_weights(tmp_path / "other.pt")
+
+
+# ---------------------------------------------------------------- stopping without losing anything
+def test_a_resume_refused_for_bad_input_keeps_the_earlier_result(terminated, tmp_path, in_process):
+    run_dir = tmp_path / "run"
+    shutil.copytree(terminated[0], run_dir)
+    code, stderr = in_process(*TINY, "task.loss=mse", MANY_EPOCHS, "+trainer.optimizer.momentum=0.9",
+                              f"trainer.resume={run_dir}", f"hydra.run.dir={run_dir}")
+    assert code == 2 and "trainer.optimizer:" in stderr and "momentum" in stderr
+    assert result(run_dir)["status"] == "interrupted"  # the earlier run's result.csv, as it was
+
+
+def test_resuming_with_another_monitor_starts_the_best_again(terminated, tmp_path):
+    """The checkpoint's best is an exhaustive accuracy; a loss would never beat it."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(terminated[0], run_dir)
+    done = checkpoint.load(run_dir / "last.pt").state.epoch
+    proc = lstmlab(*TINY, "task.loss=mse", f"trainer.max_epochs={done + 1}", "trainer.monitor=test_loss",
+                   f"trainer.resume={run_dir}", f"hydra.run.dir={run_dir}")
+    assert proc.returncode == 0, proc.stderr
+    best = checkpoint.load(run_dir / "best.pt")
+    assert (best.monitor, best.state.epoch) == ("test_loss", done + 1)
+    assert best.state.best == metrics(run_dir)["test_loss"].iloc[-1]
+
+
+def test_metrics_csv_holds_every_saved_epoch_when_a_run_fails(tmp_path, in_process, monkeypatch):
+    from lstmlab.results import RunRecorder
+    from lstmlab.trainer import Trainer
+
+    monkeypatch.setattr(cli, "RunRecorder", lambda *a, **k: RunRecorder(*a, **k, flush_seconds=1e9))
+    evaluate, epochs = Trainer.evaluate, []
+
+    def fails_in_epoch_3(self, *args):  # each epoch is evaluated once
+        epochs.append(len(epochs) + 1)
+        if epochs[-1] == 3:
+            raise RuntimeError("a bug in epoch 3")
+        return evaluate(self, *args)
+
+    monkeypatch.setattr(Trainer, "evaluate", fails_in_epoch_3)
+    monkeypatch.setattr(sys, "argv", ["lstmlab", *TINY, MANY_EPOCHS, f"hydra.run.dir={tmp_path / 'run'}"])
+    with pytest.raises(RuntimeError, match="a bug in epoch 3"):
+        cli.main()
+    assert metrics(tmp_path / "run")["epoch"].tolist() == [1, 2]  # as last.pt holds them
+
+
+def test_a_signal_while_a_finished_run_is_written_waits_and_is_reported(tmp_path, in_process, monkeypatch):
+    monkeypatch.setattr(cli, "write_plots", lambda *args: os.kill(os.getpid(), signal.SIGINT))
+    code, stderr = in_process(*TINY, "trainer.max_epochs=1", f"hydra.run.dir={tmp_path / 'run'}")
+    assert code == 130
+    assert stderr.strip().splitlines() == [
+        f"lstmlab: interrupted after the run finished; its results are complete in {tmp_path / 'run'}"]
+    assert result(tmp_path / "run")["status"] == "finished" and (tmp_path / "run" / "model.pt").exists()
+
+
+def test_a_second_ctrl_c_while_the_first_is_handled_changes_nothing(tmp_path, in_process, monkeypatch):
+    from lstmlab.results import RunRecorder
+    from lstmlab.trainer import Trainer
+
+    train_epoch, write_result = Trainer._train_epoch, RunRecorder.write_result
+
+    def ctrl_c_in_epoch_2(self, *args):
+        if args[-2] == 2:  # (net, run, task, optimizer, generator, bar, epoch, step)
+            os.kill(os.getpid(), signal.SIGINT)
+        return train_epoch(self, *args)
+
+    def ctrl_c_again(self, *args):
+        os.kill(os.getpid(), signal.SIGINT)  # arrives while the first one's result.csv is written
+        return write_result(self, *args)
+
+    monkeypatch.setattr(Trainer, "_train_epoch", ctrl_c_in_epoch_2)
+    monkeypatch.setattr(RunRecorder, "write_result", ctrl_c_again)
+    code, stderr = in_process(*TINY, MANY_EPOCHS, f"hydra.run.dir={tmp_path / 'run'}")
+    assert code == 130
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lstmlab: interrupted (SIGINT); kept epoch 1 in"), stderr
+    assert result(tmp_path / "run")["status"] == "interrupted"

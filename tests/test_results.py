@@ -6,7 +6,9 @@ import pandas as pd
 import pytest
 import torch
 
-from lstmlab.results import RunRecorder, atomic_write_bytes
+from lstmlab.checkpoint import TrainState
+from lstmlab.files import atomic_write_bytes
+from lstmlab.results import RunRecorder
 
 
 def test_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
@@ -42,3 +44,27 @@ def test_written_files_get_ordinary_permissions(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert (tmp_path / "result.csv").stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def _epoch_state(epoch: int, improved: bool) -> TrainState:
+    row = {"epoch": epoch, "step": 10 * epoch, "seconds": 0.5, "train_loss": 0.7}
+    return TrainState(epoch=epoch, step=10 * epoch, seconds=0.5, best=None, improved=improved, row=row,
+                      model={"w": torch.ones(2)}, optimizer={}, rng={})
+
+
+EARLIER_RUN = ("result.csv", "model.pt", "best.pt", "traceback.txt")
+
+
+@pytest.mark.parametrize("resumed", [False, True])
+def test_an_earlier_runs_files_stay_until_the_first_epoch_is_saved(tmp_path, resumed):
+    """A run in the directory of an earlier one (same hydra.run.dir): bad input before training
+    loses nothing; once an epoch is saved, no file of the earlier run claims to describe it."""
+    for name in EARLIER_RUN:
+        (tmp_path / name).write_text("earlier run")
+    history = [_epoch_state(1, True).row] if resumed else []
+    recorder = RunRecorder(tmp_path, config={"model": {"hidden_size": 4}}, history=history)
+    assert all((tmp_path / name).exists() for name in EARLIER_RUN)  # nothing touched yet
+    recorder.end_epoch(_epoch_state(len(history) + 1, improved=False))
+    left = sorted(p.name for p in tmp_path.iterdir())
+    # a resumed run keeps best.pt: it is the best of the epochs it goes on from
+    assert left == sorted(["last.pt", "metrics.csv"] + (["best.pt"] if resumed else []))

@@ -21,7 +21,6 @@ was expected.
 from __future__ import annotations
 
 import array
-import contextlib
 import hashlib
 import http.client
 import itertools
@@ -29,20 +28,20 @@ import json
 import os
 import re
 import tarfile
-import tempfile
 import urllib.error
 import urllib.request
 import warnings
 import zlib
 from collections import defaultdict
 from pathlib import Path
-from typing import IO, Callable, Iterator, NamedTuple, Sequence
+from typing import Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from ..errors import DataError
+from ..files import atomic_file
 from .imdb_corpus import SPLITS, ImdbCorpus, TokenizedSplit
 from .text import Tokenizer, get_tokenizer
 
@@ -239,27 +238,13 @@ def download_archive(
     dest = Path(dest)
     open_url = urlopen or urllib.request.urlopen
     try:
-        with open_url(url, timeout=60) as response, _atomic_write(dest, suffix=".part") as out:
+        with open_url(url, timeout=60) as response, atomic_file(dest, suffix=".part") as out:
             total = int(response.headers.get("Content-Length") or 0) or expected_size
             size, digest = _copy_with_progress(response, out, total, progress, desc=dest.name)
             _check_download(dest, url, size, digest, expected_size, expected_sha256)
     except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
         raise DataError(_not_found(dest, f"download failed: {getattr(exc, 'reason', exc)}")) from None
     return dest
-
-
-@contextlib.contextmanager
-def _atomic_write(dest: Path, suffix: str = ".tmp") -> Iterator[IO[bytes]]:
-    """A temp file in ``dest``'s folder that replaces ``dest`` on success and is deleted on any failure."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    out = tempfile.NamedTemporaryFile(dir=dest.parent, prefix=f".{dest.name}.", suffix=suffix, delete=False)
-    try:
-        with out:
-            yield out
-        os.replace(out.name, dest)
-    except BaseException:
-        Path(out.name).unlink(missing_ok=True)
-        raise
 
 
 def _copy_with_progress(response, out, total: int | None, progress: bool, desc: str) -> tuple[int, str]:
@@ -368,7 +353,7 @@ def write_cache(cache_file: Path, key: str, corpus: ImdbCorpus) -> None:
         "splits": {name: vars(corpus.split(name)) for name in SPLITS},
     }
     try:
-        with _atomic_write(cache_file) as out:
+        with atomic_file(cache_file) as out:
             torch.save(payload, out)
     except (OSError, RuntimeError) as exc:
         warnings.warn(f"could not write the IMDB cache {cache_file} ({exc}); the next load parses again", stacklevel=2)
