@@ -29,6 +29,14 @@ def run_dirs(root: Path) -> list[Path]:
     return sorted({p.parent for p in Path(root).rglob(".hydra") if p.is_dir()})
 
 
+def written_at(run_dir: Path) -> int | None:
+    """When Hydra last wrote the run's ``.hydra/`` record (it does so as each job starts), in ns."""
+    try:
+        return (run_dir / ".hydra" / "overrides.yaml").stat().st_mtime_ns
+    except OSError:
+        return None
+
+
 def job_row(run_dir: Path, root: Path) -> dict:
     """One row of results.csv: job number, status, overrides, error, dir, choices, then result.csv's row.
 
@@ -63,10 +71,11 @@ def _read_yaml(path: Path) -> Any:
         return {}
 
 
-def collect(root: Path) -> pd.DataFrame:
-    """One row per run under ``root`` (finished, failed or incomplete), ordered by job number."""
+def collect(root: Path, dirs: list[Path] | None = None) -> pd.DataFrame:
+    """One row per run under ``root`` (finished, failed or incomplete; or per run of ``dirs``),
+    ordered by job number."""
     root = Path(root)
-    rows = [job_row(d, root) for d in run_dirs(root)]
+    rows = [job_row(d, root) for d in (run_dirs(root) if dirs is None else dirs)]
     frame = _nullable_numbers(pd.DataFrame(rows))
     if frame.empty:
         return pd.DataFrame(columns=LEAD_COLUMNS)

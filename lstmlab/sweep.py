@@ -31,16 +31,21 @@ from .checkpoint import LAST_FILE
 from .config_keys import flatten_config
 from .errors import LabError, one_line
 from .report import failed_jobs, print_summary
-from .results import RunRecorder, as_csv_text, read_result, stored_as_text, write_results
-from .runs import FINISHED, INTERRUPTED, collect
+from .results import RESULTS_FILE, RunRecorder, as_csv_text, read_result, stored_as_text, write_results
+from .runs import FINISHED, INTERRUPTED, collect, run_dirs, written_at
 
 log = logging.getLogger("lstmlab")
 
+DEFAULT_THREADS = torch.get_num_threads()  # torch's own choice, for jobs with trainer.num_threads=0
 
 
 # ---------------------------------------------------------------- one job
-def objective(summary: Mapping[str, Any]) -> float:
-    """The run's monitored metric (its ``monitor`` column), nan when it has none."""
+def objective(summary: Mapping[str, Any]) -> float | None:
+    """The run's monitored metric (its ``monitor`` column), nan when it has none; None when the
+    run did not finish (a diverged run's last good metric is not its result): for Optuna, a
+    failed trial."""
+    if summary.get("status", FINISHED) != FINISHED:
+        return None
     name = summary.get("monitor")
     try:
         return float(summary[name])
@@ -65,9 +70,8 @@ def run_job(cfg: DictConfig, run_dir: Path, train: Callable[[DictConfig, Path], 
         log.info("interrupted after epoch %d in an earlier run of this sweep, resumed from its %s: %s",
                  epoch, LAST_FILE, run_dir)
         cfg = resuming_from(cfg, run_dir)
-    threads = job_threads(launcher, available_cores()) if not cfg.trainer.num_threads else 0
-    if threads:
-        torch.set_num_threads(threads)
+    if not cfg.trainer.num_threads:  # the launcher's share of the cores, else torch's default, not an earlier job's
+        torch.set_num_threads(job_threads(launcher, available_cores()) or DEFAULT_THREADS)
     try:
         return objective(train(cfg, run_dir))
     except Exception as exc:  # noqa: BLE001 - a failed job is recorded, the sweep goes on
@@ -178,7 +182,27 @@ class SweepOutcome:
         return failed_jobs(self.frame)
 
 
-_open_sweep: Path | None = None
+@dataclass
+class _OpenSweep:
+    """A multirun in progress: its directory, and the job directories already there when it
+    began (with when their ``.hydra/`` was written), which are an earlier sweep's until one of
+    this sweep's jobs starts in them."""
+
+    sweep_dir: Path
+    earlier: dict[Path, int | None]
+
+    @classmethod
+    def starting(cls, sweep_dir: Path) -> "_OpenSweep":
+        return cls(sweep_dir, {d: written_at(d) for d in run_dirs(sweep_dir)})
+
+    def job_dirs(self) -> tuple[list[Path], int]:
+        """The directories of this sweep's jobs, and how many others (an earlier sweep's) lie beside them."""
+        dirs = run_dirs(self.sweep_dir)
+        ours = [d for d in dirs if d not in self.earlier or written_at(d) != self.earlier[d]]
+        return ours, len(dirs) - len(ours)
+
+
+_open_sweep: _OpenSweep | None = None
 _last_outcome: SweepOutcome | None = None
 
 
@@ -192,9 +216,14 @@ def close_open_sweep(interrupted: bool = False) -> SweepOutcome | None:
     global _open_sweep, _last_outcome
     if _open_sweep is None:
         return None
-    sweep_dir, _open_sweep = _open_sweep, None
-    frame = collect(sweep_dir)
+    ending, _open_sweep = _open_sweep, None
+    sweep_dir, (dirs, others) = ending.sweep_dir, ending.job_dirs()
+    if others:
+        log.warning("%s also holds %d job director%s of an earlier sweep, left out of its %s",
+                    sweep_dir, others, "y" if others == 1 else "ies", RESULTS_FILE)
+    frame = collect(sweep_dir, dirs)
     if frame.empty:
+        print(f"\nsweep {'interrupted' if interrupted else 'done'}: no job ran", flush=True)
         return None
     write_results(sweep_dir, frame)
     _last_outcome = SweepOutcome(sweep_dir, frame)
@@ -207,7 +236,7 @@ class SweepResults(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         global _open_sweep
-        _open_sweep = Path(config.hydra.sweep.dir)
+        _open_sweep = _OpenSweep.starting(Path(config.hydra.sweep.dir))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         close_open_sweep(interrupted=False)

@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
+from omegaconf import OmegaConf
 from conftest import LAB, ROOT, read_result, results, sweep, wait_for_file
 
 from lstmlab.report import summarise
-from lstmlab.sweep import job_threads
+from lstmlab.sweep import job_threads, objective, run_job
 
 # columns that differ between two runs of the same jobs: timings, and where the job ran
 VOLATILE = ["train_seconds", "threads"]
@@ -188,3 +190,52 @@ def test_slurm_launcher_config_composes():
 def test_parallel_jobs_share_the_cores(launcher, cores, threads):
     assert job_threads(launcher, cores) == threads
 
+
+
+def test_a_sweep_into_an_earlier_sweeps_directory_reports_only_its_own_jobs(tmp_path):
+    assert sweep(tmp_path, "seed=0,1,2").returncode == 0
+    proc = sweep(tmp_path, "seed=7", "model.hidden_size=4")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = results(tmp_path)
+    assert list(zip(table["job"], table["seed"], table["model.hidden_size"])) == [(0, 7, 4)]
+    assert "also holds 2 job directories of an earlier sweep" in proc.stdout + proc.stderr
+    assert "sweep done: 1 job (1 finished)" in proc.stdout
+
+
+def test_an_optuna_search_whose_trials_all_fail_ends_in_one_line(tmp_path):
+    proc = sweep(tmp_path, "hparams_search=adder_optuna", "hydra.sweeper.n_trials=2",
+                 "trainer.optimizer.weight_decay=-1")
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert "lstmlab: every job of the sweep failed or diverged, so the sweeper stopped" in proc.stderr
+    assert list(results(tmp_path)["status"]) == ["failed", "failed"]
+
+
+def test_the_objective_of_a_run_that_did_not_finish_is_none():
+    """Else a diverged trial would hand Optuna its last good metric, which may look the best."""
+    finished = {"monitor": "test_loss", "test_loss": 0.25, "status": "finished"}
+    assert objective(finished) == 0.25
+    assert objective(finished | {"status": "diverged"}) is None
+
+
+def test_a_job_with_torch_default_threads_does_not_inherit_an_earlier_jobs(tmp_path, monkeypatch):
+    monkeypatch.setattr("lstmlab.sweep.DEFAULT_THREADS", 3)  # what torch chose when lstmlab started
+    threads = []
+
+    def train(cfg, run_dir):
+        threads.append(torch.get_num_threads())
+        return {"status": "finished"}
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)  # as an earlier job of the sweep left it with trainer.num_threads=1
+        run_job(OmegaConf.create({"seed": 0, "trainer": {"num_threads": 0, "resume": None}}), tmp_path, train)
+    finally:
+        torch.set_num_threads(before)
+    assert threads == [3]
+
+
+def test_a_sweep_of_no_jobs_says_so(tmp_path):
+    proc = sweep(tmp_path, "seed=range(0,0)")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "sweep done: no job ran" in proc.stdout
