@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from lstmlab import models
-from lstmlab.bench import SIZES, best_ms, train_step
+from lstmlab.bench import SIZES, best_ms, train_step, whole_number_at_least
 
 
 def models_at(rev: str, into: Path):
@@ -39,8 +39,8 @@ def main() -> None:
     parser.add_argument("rev")
     parser.add_argument("--sizes", default="imdb,large")
     parser.add_argument("--backward", default="manual,autograd")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--threads", type=whole_number_at_least(1), default=2)
+    parser.add_argument("--repeat", type=whole_number_at_least(1), default=7)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:

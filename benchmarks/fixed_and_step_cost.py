@@ -17,7 +17,7 @@ import argparse
 import torch
 from torch import nn
 
-from lstmlab.bench import best_ms, hand_lstms, train_step
+from lstmlab.bench import best_ms, hand_lstms, train_step, whole_number_at_least
 from lstmlab.models.lstm_function import _local_derivatives, forward_weights
 
 BATCH, INPUTS, HIDDEN = 64, 2, 16
@@ -112,8 +112,8 @@ def fit_line(xs: list[float], ys: list[float]) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--threads", type=whole_number_at_least(1), default=2)
+    parser.add_argument("--repeat", type=whole_number_at_least(1), default=7)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -16,6 +16,7 @@ import time
 import torch
 from torch import nn
 
+from lstmlab.bench import whole_number_at_least
 from lstmlab.models import HandLSTM, SequenceModel
 
 
@@ -57,11 +58,11 @@ def seconds(fn, repeat: int, clock=time.process_time) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=400)
-    parser.add_argument("--spread", type=int, default=200, help="lengths drawn in [steps - spread, steps]")
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--steps", type=whole_number_at_least(1), default=400)
+    parser.add_argument("--spread", type=whole_number_at_least(0), default=200, help="lengths drawn in [steps - spread, steps]")
+    parser.add_argument("--batch", type=whole_number_at_least(1), default=64)
+    parser.add_argument("--repeat", type=whole_number_at_least(1), default=3)
+    parser.add_argument("--threads", type=whole_number_at_least(1), default=1)
     parser.add_argument("--models", default="torch_lstm,hand_lstm")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

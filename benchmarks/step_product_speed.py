@@ -14,6 +14,7 @@ import time
 
 import torch
 
+from lstmlab.bench import whole_number_at_least
 from lstmlab.models.matmul import ONEDNN, StepWeight
 
 # (rows, inner, cols): the forward step product (h @ Uᵀ) and the backward one (∂L/∂a U)
@@ -34,8 +35,8 @@ def microseconds(fn, calls: int) -> float:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument("--threads", type=whole_number_at_least(1), default=2)
+    parser.add_argument("--calls", type=whole_number_at_least(1), default=200)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"{args.threads} thread(s), best of 5 loops of {args.calls} calls; oneDNN available: {ONEDNN}")

@@ -212,12 +212,28 @@ def markdown_line(cells: list[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
+def whole_number_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse ``type``: the text as an int >= ``minimum``, else a one-line usage error."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}")
+        return value
+
+    return parse
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m lstmlab.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads on the CPU")
-    parser.add_argument("--repeat", type=int, default=5, help="timed rounds per case (the best is shown)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed batches before timing")
+    parser.add_argument("--threads", type=whole_number_at_least(1), default=2, help="torch threads on the CPU")
+    parser.add_argument("--repeat", type=whole_number_at_least(1), default=5,
+                        help="timed rounds per case (the best is shown)")
+    parser.add_argument("--warmup", type=whole_number_at_least(0), default=2, help="untimed batches before timing")
     parser.add_argument("--sizes", default="adder,imdb,large,variable", help="comma-separated: adder, imdb, large, variable")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one repeat: a smoke test")
     parser.add_argument("--no-compile", dest="compile", action="store_false",

@@ -20,7 +20,8 @@ from typing import Mapping, Sequence
 import pandas as pd
 
 from .errors import first_line
-from .results import BOOKKEEPING, METRICS_FILE, atomic_write_bytes
+from .files import atomic_write_bytes
+from .results import BOOKKEEPING, METRICS_FILE
 from .tasks.base import LinePlot
 
 CURVES_FILE = "curves.png"
@@ -55,6 +56,12 @@ def write_curves(run_dir: Path | str) -> Path | None:
     metrics = pd.read_csv(path)
     if metrics.empty:
         return None
+    return save_png(curves_figure(metrics), run_dir / CURVES_FILE)
+
+
+def curves_figure(metrics: pd.DataFrame):
+    """The figure of ``curves.png``: a panel of losses (log scale), and one of the other metrics
+    if there are any; each column drawn over the epochs it has values for."""
     from matplotlib.ticker import MaxNLocator
 
     columns = [c for c in metrics.columns if c not in BOOKKEEPING]
@@ -64,8 +71,8 @@ def write_curves(run_dir: Path | str) -> Path | None:
     figure = new_figure(6.0 * len(panels), 4.0)
     for axes, (names, ylabel, log) in zip(figure.subplots(1, len(panels), squeeze=False)[0], panels):
         for name, style in zip(names, itertools.cycle(_LINE_STYLES)):
-            values = metrics[name].where(metrics[name] > 0) if log else metrics[name]
-            axes.plot(metrics["epoch"], values, style, label=name, marker="o" if len(metrics) == 1 else None)
+            points = epochs_with_values(metrics, name, positive=log)
+            axes.plot(points["epoch"], points[name], style, label=name, marker=_marker(len(points), len(metrics)))
         if log:
             axes.set_yscale("log")
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -74,7 +81,19 @@ def write_curves(run_dir: Path | str) -> Path | None:
         axes.grid(True, which="major", alpha=0.3)
         axes.legend()
     figure.suptitle(f"training curves ({len(metrics)} epochs)")
-    return save_png(figure, run_dir / CURVES_FILE)
+    return figure
+
+
+def epochs_with_values(metrics: pd.DataFrame, name: str, positive: bool = False) -> pd.DataFrame:
+    """``epoch`` and ``name`` on the epochs where ``name`` has a value (> 0 if ``positive``):
+    test metrics of a run evaluated every few epochs are empty on the others."""
+    points = metrics[["epoch", name]].dropna()
+    return points[points[name] > 0] if positive else points
+
+
+def _marker(points: int, epochs: int) -> str | None:
+    """Dots where a column has a value on only some epochs (or there is one), a plain line otherwise."""
+    return "o" if points == 1 or points < epochs else None
 
 
 def draw_line_plot(plot: LinePlot, path: Path) -> Path:

@@ -20,8 +20,9 @@ from typing import Sequence
 import pandas as pd
 
 from .errors import LabError, first_line
-from .plots import new_figure, save_png
-from .results import METRICS_FILE, RESULTS_FILE, RUN_COLUMNS, atomic_write_bytes, atomic_write_csv
+from .files import atomic_write_bytes
+from .plots import epochs_with_values, new_figure, save_png
+from .results import METRICS_FILE, RESULT_FILE, RESULTS_FILE, RUN_COLUMNS, atomic_write_csv
 from .runs import DIVERGED, FAILED, FINISHED, INCOMPLETE, INTERRUPTED, collect, count_statuses, parse_overrides, run_dirs
 
 COUNTED_AS_FAILED = (FAILED, DIVERGED)  # ended without a usable final metric
@@ -59,9 +60,13 @@ def _load_one(path: Path) -> pd.DataFrame:
 
 def _read_csv(path: Path) -> pd.DataFrame:
     try:
-        return pd.read_csv(path)
+        frame = pd.read_csv(path)
     except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise LabError(f"{path}: not a CSV table of runs ({first_line(exc)[:120]})") from None
+    if "status" not in frame:  # e.g. a run's metrics.csv
+        raise LabError(f"{path}: not a table of runs, no column status "
+                       f"(expected a sweep's {RESULTS_FILE} or a run's {RESULT_FILE})")
+    return frame
 
 
 # ---------------------------------------------------------------- the table
@@ -308,7 +313,8 @@ def _plot_curves(ax, frame: pd.DataFrame, summary: pd.DataFrame, keys: list[str]
         curve = _read_metrics(row.get("dir"))
         if curve is None or metric not in curve or "epoch" not in curve:
             continue
-        ax.plot(curve["epoch"], curve[metric], alpha=0.7, markersize=3, **styles.get(setting, {"color": "grey"}))
+        points = epochs_with_values(curve, metric)  # a run evaluated every few epochs has gaps
+        ax.plot(points["epoch"], points[metric], alpha=0.7, markersize=3, **styles.get(setting, {"color": "grey"}))
         drawn += 1
     from matplotlib.ticker import MaxNLocator
 

@@ -42,3 +42,16 @@ def test_short_cases_also_time_the_compiled_hand_lstm(capsys):
 def test_unknown_size_is_refused():
     with pytest.raises(SystemExit, match="--sizes huge"):
         bench.main(["--quick", "--sizes", "huge"])
+
+
+@pytest.mark.parametrize("option, value, expected", [
+    ("--threads", "0", ">= 1"), ("--threads", "two", ">= 1"), ("--repeat", "0", ">= 1"), ("--warmup", "-1", ">= 0"),
+])
+def test_a_count_out_of_range_is_a_usage_error_naming_the_option(option, value, expected, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        bench.main([option, value, "--quick", "--sizes", "adder", "--no-compile"])  # quick, were it accepted
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert err.splitlines()[-1] == (f"python -m lstmlab.bench: error: argument {option}: "
+                                    f"expected a whole number {expected}, got '{value}'")
+    assert "Traceback" not in err

@@ -7,7 +7,7 @@ import pytest
 import torch
 from matplotlib.image import imread
 
-from lstmlab.plots import is_loss_column, main, write_curves, write_figures
+from lstmlab.plots import curves_figure, is_loss_column, main, write_curves, write_figures
 from lstmlab.tasks.base import Curve, LinePlot
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -31,6 +31,19 @@ def test_metrics_other_than_losses_get_a_second_panel(tmp_path):
     losses_only = imread(write_curves(tmp_path)).shape[1]
     _metrics(tmp_path, train_loss=[1.0, 0.5, 0.2, 0.1, 0.05], test_acc=[0.1, 0.5, 0.9, 1.0, 1.0])
     assert imread(write_curves(tmp_path)).shape[1] == 2 * losses_only
+
+
+def test_test_metrics_of_a_run_evaluated_every_other_epoch_are_drawn(tmp_path):
+    nan = float("nan")
+    _metrics(tmp_path, train_loss=[1.0, 0.5, 0.2, 0.1, 0.05], test_loss=[nan, 0.6, nan, 0.3, nan],
+             test_acc=[nan, 0.5, nan, 0.9, nan])
+    figure = curves_figure(pd.read_csv(tmp_path / "metrics.csv"))
+    lines = {line.get_label(): line for axes in figure.axes for line in axes.get_lines()}
+    for name, values in (("test_loss", [0.6, 0.3]), ("test_acc", [0.5, 0.9])):
+        assert list(lines[name].get_xdata()) == [2, 4] and list(lines[name].get_ydata()) == values
+        assert lines[name].get_marker() == "o"  # its few points are visible
+    assert len(lines["train_loss"].get_xdata()) == 5 and lines["train_loss"].get_marker() == "None"
+    assert write_curves(tmp_path).read_bytes().startswith(PNG)
 
 
 def test_loss_columns():

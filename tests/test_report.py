@@ -16,6 +16,7 @@ from conftest import ROOT
 
 from lstmlab.plots import new_figure
 from lstmlab.report import _plot_curves, _plot_vs_key, format_frame, main, plot, print_summary, summarise, to_markdown
+from lstmlab.results import RunRecorder, run_summary
 
 REPORT = Path(sys.executable).parent / "lstmlab-report"
 
@@ -117,6 +118,19 @@ def test_report_on_a_file_that_is_not_a_csv_table(tmp_path, capsys):
     assert err.count("\n") == 1
 
 
+def test_report_on_a_run_s_metrics_csv_says_it_is_not_a_table_of_runs(tmp_path, capsys):
+    recorder = RunRecorder(tmp_path)
+    recorder.add_epoch({"epoch": 1, "step": 10, "seconds": 0.1, "train_loss": 0.5, "test_loss": 0.4})
+    about = {"params": 133, "device": "cpu", "threads": 1, "monitor": "test_loss", "monitor_mode": "min"}
+    recorder.write_result({"seed": 0}, run_summary({"test_loss": 0.4}, epochs=1, stop_reason="max_epochs",
+                                                   train_seconds=0.1, status="finished", about=about))
+    assert main([str(tmp_path / "metrics.csv")]) == 2
+    assert capsys.readouterr().err == (f"lstmlab-report: error: {tmp_path / 'metrics.csv'}: not a table of runs, "
+                                       "no column status (expected a sweep's results.csv or a run's result.csv)\n")
+    assert main([str(tmp_path / "result.csv")]) == 0  # the run's own table is one
+    assert "0.4" in capsys.readouterr().out
+
+
 def test_a_misspelt_metric_is_refused_with_the_metrics_there_are(tmp_path, capsys):
     sweep_frame().to_csv(tmp_path / "results.csv", index=False)
     assert main([str(tmp_path / "results.csv"), "--metrics", "acc,test_accuracy"]) == 2
@@ -185,6 +199,20 @@ def test_the_plot_ticks_each_swept_value_and_whole_epochs(tmp_path):
     _plot_curves(right, frame, summary, keys, "acc")
     assert list(left.get_xticks()) == [4, 8]
     assert all(tick == int(tick) for tick in right.get_xticks())
+
+
+def test_the_learning_curves_of_runs_evaluated_every_other_epoch_are_drawn(tmp_path):
+    frame = sweep_frame().iloc[:2]
+    for j in frame.index:
+        (tmp_path / str(j)).mkdir()
+        pd.DataFrame({"epoch": [1, 2, 3, 4], "acc": [math.nan, 0.5, math.nan, 0.6 + j / 10]}).to_csv(
+            tmp_path / str(j) / "metrics.csv", index=False)
+    frame = frame.assign(dir=[str(tmp_path / str(j)) for j in frame.index])
+    summary, keys, _ = summarise(frame)
+    axes = new_figure(6.0, 4.0).subplots()
+    _plot_curves(axes, frame, summary, keys, "acc")
+    assert [list(line.get_xdata()) for line in axes.get_lines()] == [[2, 4], [2, 4]]
+    assert [list(line.get_ydata()) for line in axes.get_lines()] == [[0.5, 0.6], [0.5, 0.7]]
 
 
 def status_frame() -> pd.DataFrame:
