@@ -6,6 +6,9 @@ value of the wrong type fails when the config is composed, before anything train
 checks run in ``__post_init__`` when :func:`validate` turns the config into these objects.
 A new layer with the keys of ``torch.nn.LSTM`` and no others needs no schema of its own: its
 YAML starts from ``ModelConf``.
+
+The choices of a key (``model.backward``, ``task.encoding``, ...) and the checks a constructor
+makes itself are read from the module of that constructor, so the two cannot disagree.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from .errors import LabError, no_such_key, schema_keys
+from .models import hand_lstm, hand_rnn
+from .tasks import adder, imdb, sin_cos, text
 
 
 def _check(key: str, ok: bool, expected: str, value) -> None:
@@ -68,7 +73,7 @@ class HandLSTMConf(ModelConf):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _one_of("model.backward", self.backward, ("autograd", "manual"))
+        _one_of("model.backward", self.backward, hand_lstm.BACKWARDS)
 
 
 @dataclass
@@ -77,7 +82,7 @@ class HandRNNConf(ModelConf):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _one_of("model.nonlinearity", self.nonlinearity, ("tanh", "relu"))
+        _one_of("model.nonlinearity", self.nonlinearity, tuple(hand_rnn.NONLINEARITIES))
 
 
 # ---------------------------------------------------------------- task
@@ -93,13 +98,13 @@ class AdderConf:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _one_of("task.encoding", self.encoding, ("serial", "parallel", "flat"))
+        _one_of("task.encoding", self.encoding, adder.ENCODINGS)
         _at_least("task.train_size", self.train_size, 1)
         _at_least("task.test_size", self.test_size, 1)
         _at_least("task.eval_size", self.eval_size, 1)
         for bits in self.eval_bits:
             _at_least("task.eval_bits", bits, 2)
-        _one_of("task.loss", self.loss, ("bce", "mse"))
+        _one_of("task.loss", self.loss, adder.LOSSES)
 
 
 @dataclass
@@ -112,13 +117,9 @@ class SinCosConf:
     train_fraction: float = 0.5
 
     def __post_init__(self) -> None:
-        from .tasks.sin_cos import split_sizes
-
-        _at_least("task.points", self.points, 2)
-        _check("task.end_pi", self.end_pi > self.start_pi, f"more than task.start_pi={self.start_pi}", self.end_pi)
-        _at_least("task.window", self.window, 1)
         try:
-            split_sizes(self.points, self.train_fraction, self.window)
+            sin_cos.check_time_axis(self.points, self.start_pi, self.end_pi)
+            sin_cos.split_sizes(self.points, self.train_fraction, self.window)
         except ValueError as exc:
             raise LabError(str(exc)) from None
 
@@ -147,14 +148,14 @@ class ImdbConf:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _one_of("task.tokenizer", self.tokenizer, ("basic", "spacy"))
+        _one_of("task.tokenizer", self.tokenizer, text.TOKENIZERS)
         _at_least("task.vocab_size", self.vocab_size, 1)
         _at_least("task.min_freq", self.min_freq, 1)
         if self.max_length is not None:
             _at_least("task.max_length", self.max_length, 1)
-        _one_of("task.truncate", self.truncate, ("head", "tail"))
+        _one_of("task.truncate", self.truncate, text.TRUNCATIONS)
         _at_least("task.embedding_dim", self.embedding_dim, 1)
-        _one_of("task.readout", self.readout, ("final_state", "mean_max"))
+        _one_of("task.readout", self.readout, imdb.READOUTS)
         _probability("task.embedding_dropout", self.embedding_dropout)
         _probability("task.output_dropout", self.output_dropout)
         _at_least("task.eval_batch_size", self.eval_batch_size, 1)

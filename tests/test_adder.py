@@ -91,3 +91,8 @@ def test_mse_loss_thresholds_raw_outputs_at_one_half():
 def test_bad_encoding_names_the_key():
     with pytest.raises(ValueError, match="task.encoding"):
         AdderTask(encoding="zigzag")
+
+
+def test_bad_loss_names_the_key_and_the_choices():
+    with pytest.raises(ValueError, match="^task.loss: expected bce or mse, got 'hinge'$"):
+        AdderTask(loss="hinge")

@@ -19,32 +19,33 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import LAB, SMALL
+from conftest import LAB, SMALL, TINY_ADDER
+from test_imdb import write_acl_imdb
 from lstmlab import checkpoint, cli
 
-# small enough that a row which wrongly passes trains in a second (and then fails the test)
-TINY = {"trainer.max_epochs": "1", "trainer.progress": "false", "trainer.device": "cpu",
-        "trainer.target_metric": "null"}
-TINY_ADDER = {"task.train_size": "64", "task.test_size": "16", "task.eval_size": "16", "task.eval_bits": "[16]"}
+# one epoch: a row which wrongly passes trains in a second or two (and then fails the test)
+TINY = ["trainer.max_epochs=1", "trainer.progress=false", "trainer.device=cpu", "trainer.target_metric=null"]
+SMALL_IMDB = [f"task.data_path={SMALL}", "task.cache_dir={cache}", "task.download=false", "task.progress=false",
+              "task.train_size=64", "task.test_size=16"]
 
 
-def adder(*overrides: str) -> list[str]:
-    """The tiny adder run, with ``overrides`` replacing or adding keys."""
-    args = {**TINY, **TINY_ADDER}
+def merged(*overrides: str) -> list[str]:
+    """``key=value`` overrides, a later value of a key replacing an earlier one."""
+    args = {}
     for item in overrides:
         key, _, value = item.partition("=")
         args[key] = value
     return [f"{k}={v}" for k, v in args.items()]
+
+
+def adder(*overrides: str) -> list[str]:
+    """The tiny adder run (conftest's, for one epoch), with ``overrides`` replacing or adding keys."""
+    return merged(*TINY_ADDER, *TINY, *overrides)
 
 
 def imdb(*overrides: str) -> list[str]:
     """A tiny IMDB run on the real small archive (never downloading), with ``overrides``."""
-    args = {**TINY, "task": "imdb", "task.data_path": str(SMALL), "task.cache_dir": "{cache}",
-            "task.download": "false", "task.progress": "false", "task.train_size": "64", "task.test_size": "16"}
-    for item in overrides:
-        key, _, value = item.partition("=")
-        args[key] = value
-    return [f"{k}={v}" for k, v in args.items()]
+    return merged(*TINY, "task=imdb", *SMALL_IMDB, *overrides)
 
 
 @dataclass
@@ -71,6 +72,8 @@ CASES = {
         Case("imdb-empty-glove", imdb("task.glove_path={empty}"), "{empty}"),
         Case("imdb-bad-tokenizer", imdb("task.tokenizer=words"), "task.tokenizer"),
         Case("imdb-bad-readout", imdb("task.readout=middle"), "task.readout"),
+        Case("imdb-review-without-tokens", imdb("task.data_path={review_without_tokens}"),
+             "{review_without_tokens}: review 'test/pos/123_9.txt' has no tokens"),
     ],
     "model": [
         Case("unknown-option", adder("model=gru9"), "model=gru9"),
@@ -143,7 +146,8 @@ def files(tmp_path: Path) -> dict[str, str]:
     names = ["empty.pt", "emptydir", "garbage.pt", "file", "newer.pt", "unversioned.pt", "incomplete.pt", "model.pt",
              "unsafe.pt", "truncated.pt"]
     paths = {name.split(".")[0]: str(tmp_path / name) for name in names}
-    return paths | {"missing": str(tmp_path / "missing.pt"), "cache": str(tmp_path / "cache")}
+    return paths | {"missing": str(tmp_path / "missing.pt"), "cache": str(tmp_path / "cache"),
+                    "review_without_tokens": str(write_acl_imdb(tmp_path / "imdb", {"test/pos/123_9.txt": ""}))}
 
 
 @pytest.fixture
@@ -169,7 +173,7 @@ def in_process(monkeypatch, capfd):
 
 @pytest.mark.parametrize("group, case", ROWS)
 def test_bad_input_is_one_line_naming_the_key(group, case, tmp_path, files, in_process):
-    if case.id.startswith("imdb") and not SMALL.is_file():
+    if f"task.data_path={SMALL}" in case.args and not SMALL.is_file():
         pytest.skip(f"small IMDB subset not found at {SMALL}")
     run_dir = tmp_path / "run"
     args = [arg.format(**files) for arg in case.args]

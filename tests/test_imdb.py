@@ -1,4 +1,5 @@
-"""The IMDB task on the small real subset (1,000 train + 1,000 test reviews), tiny models, tmp caches."""
+"""The IMDB task on the small real subset (1,000 train + 1,000 test reviews), tiny models, tmp caches;
+bad reviews on a handful of files in tmp_path."""
 
 from __future__ import annotations
 
@@ -10,17 +11,19 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from conftest import GLOVE, SMALL, evaluate_saved_model, needs_glove, needs_small
+from conftest import GLOVE, SMALL, evaluate_saved_model, needs_glove
+from lstmlab.errors import DataError
 from lstmlab.models import HandLSTM, SequenceModel
 from lstmlab.tasks.imdb import ImdbTask, crop
 from lstmlab.tasks.imdb_archive import load_imdb
 from lstmlab.tasks.text import PAD_ID, train_counts
 
-pytestmark = needs_small
-
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> Path:
+    """A cache folder for the tests on the small real subset (skipped where it is missing)."""
+    if not SMALL.is_file():
+        pytest.skip(f"small IMDB subset not found at {SMALL}")
     return tmp_path_factory.mktemp("imdb-cache")
 
 
@@ -59,6 +62,11 @@ def test_cropped_batches_have_no_padding_and_keep_the_reviews_end(cache):
     review = torch.arange(10)
     assert crop([review], 4, "tail")[0].tolist() == [6, 7, 8, 9]
     assert crop([review], 4, "head")[0].tolist() == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("truncate", ["head", "tail"])
+def test_crop_keeps_a_review_shorter_than_the_length_whole(truncate):
+    assert crop([torch.arange(3)], 5, truncate)[0].tolist() == [0, 1, 2]
 
 
 def test_evaluation_reads_the_whole_test_split(cache):
@@ -136,3 +144,30 @@ def test_wrong_path_is_one_line(lab, tmp_path):
     proc = lab("experiment=imdb_cpu", f"task.data_path={tmp_path / 'nowhere.tar.gz'}", "task.progress=false")
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "IMDB archive not found" in proc.stderr
+
+
+# --------------------------------------------------------------------------- reviews without a token
+
+
+ONE_REVIEW_EACH = {"train/pos/0_9.txt": "Great!", "train/neg/0_1.txt": "Awful.", "test/pos/0_8.txt": "Fine.",
+                   "test/neg/0_2.txt": "Dull."}
+
+
+def write_acl_imdb(root: Path, reviews: dict[str, str]) -> Path:
+    """An aclImdb/ folder of one short review per split and label, plus ``reviews`` (path under
+    aclImdb/ -> text)."""
+    folder = root / "aclImdb"
+    for name, content in (ONE_REVIEW_EACH | reviews).items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(content)
+    return folder
+
+
+@pytest.mark.parametrize("content", ["", "<br /><br />"], ids=["empty-file", "markup-only"])
+def test_a_review_without_tokens_is_refused_naming_its_file(tmp_path, content):
+    """Such a review crashed nn.LSTM's packing (torch_lstm) or gave a NaN test loss (hand_lstm, mean_max)."""
+    folder = write_acl_imdb(tmp_path, {"test/pos/123_9.txt": content})
+    with pytest.raises(DataError) as error:
+        ImdbTask(str(folder), cache_dir=str(tmp_path / "cache"), download=False, progress=False)
+    assert str(error.value) == (f"{folder}: review 'test/pos/123_9.txt' has no tokens; "
+                                "every review needs at least one token")

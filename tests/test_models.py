@@ -268,7 +268,7 @@ def test_sequence_model_handles_sequence_first_rnn():
 
 
 def test_bad_constructor_values_are_rejected():
-    with pytest.raises(ValueError, match="backward"):
+    with pytest.raises(ValueError, match="^backward: expected 'autograd' or 'manual', got 'magic'$"):
         HandLSTM(2, 4, backward="magic")
     with pytest.raises(ValueError, match="readout"):
         SequenceModel(HandLSTM(2, 4), output_size=1, readout="middle")

@@ -103,11 +103,14 @@ def test_evaluate_reports_train_and_test_mse():
         ({"train_fraction": 0.0}, "task.train_fraction=0.0: expected a fraction"),
         ({"points": 1}, "task.points=1: expected a number >= 2"),
         ({"end_pi": 0.0}, "task.end_pi=0.0: expected more than task.start_pi"),
+        ({"window": 0}, "task.window=0: expected a number >= 1"),
     ],
 )
-def test_bad_sizes_name_the_key(keys, message):
+def test_bad_sizes_name_the_key_in_the_schema_and_the_constructor_alike(keys, message):
     with pytest.raises(LabError, match=message.replace("(", r"\(")):
         SinCosConf(**keys)
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        SinCosTask(**keys)
 
 
 def test_other_sizes_lay_out_the_same_way():

@@ -16,6 +16,8 @@ from .matmul import RecurrentProducts
 from .stacked import StackedRecurrent
 from .variable_length import RunningRows, drop_ended, final_state
 
+BACKWARDS = ("autograd", "manual")  # model.backward: autograd differentiates the loop, or the hand-derived pass
+
 
 def lstm_direction(x, h, c, w_ih, w_hh, b_ih, b_hh, lengths=None):
     """One direction of one LSTM layer over a whole batch-first sequence, with autograd.
@@ -79,8 +81,8 @@ class HandLSTM(StackedRecurrent):
         device=None,
         dtype=None,
     ) -> None:
-        if backward not in ("autograd", "manual"):
-            raise ValueError(f"backward: expected 'autograd' or 'manual', got {backward!r}")
+        if backward not in BACKWARDS:
+            raise ValueError(f"backward: expected {' or '.join(map(repr, BACKWARDS))}, got {backward!r}")
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, device, dtype)
         self.backward = backward
         self.reset_parameters()

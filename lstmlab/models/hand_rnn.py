@@ -58,7 +58,7 @@ class HandRNN(StackedRecurrent):
         dtype=None,
     ) -> None:
         if nonlinearity not in NONLINEARITIES:
-            raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
+            raise ValueError(f"nonlinearity: expected {' or '.join(map(repr, NONLINEARITIES))}, got {nonlinearity!r}")
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, device, dtype)
         self.nonlinearity = nonlinearity
         self.reset_parameters()

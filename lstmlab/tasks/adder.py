@@ -21,6 +21,7 @@ from .base import Batch, Predict, Task, batches_of, in_chunks
 
 TRAIN_BITS = 8
 ENCODINGS = ("serial", "parallel", "flat")
+LOSSES = ("bce", "mse")
 
 
 def random_operands(n: int, bits: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -82,8 +83,8 @@ class AdderTask(Task):
     ) -> None:
         if encoding not in ENCODINGS:
             raise ValueError(f"task.encoding: expected one of {', '.join(ENCODINGS)}, got {encoding!r}")
-        if loss not in ("bce", "mse"):
-            raise ValueError(f"task.loss: expected bce or mse, got {loss!r}")
+        if loss not in LOSSES:
+            raise ValueError(f"task.loss: expected {' or '.join(LOSSES)}, got {loss!r}")
         self.encoding = encoding
         self.loss_name = loss
         generator = torch.Generator().manual_seed(seed)

@@ -25,7 +25,8 @@ from .base import Batch, Predict, Task
 from .batching import bucket_batches, pad_batch
 from .glove import load_glove
 from .imdb_archive import load_imdb
-from .text import PAD_ID, build_vocab, encode_split
+from .imdb_corpus import SPLITS, ImdbCorpus
+from .text import PAD_ID, TRUNCATIONS, build_vocab, crop, encode_split
 
 log = logging.getLogger("lstmlab")
 
@@ -59,8 +60,8 @@ class ImdbTask(Task):
     ) -> None:
         if readout not in READOUTS:
             raise ValueError(f"task.readout={readout}: expected one of {', '.join(READOUTS)}")
-        if truncate not in ("head", "tail"):
-            raise ValueError(f"task.truncate={truncate}: expected head or tail")
+        if truncate not in TRUNCATIONS:
+            raise ValueError(f"task.truncate={truncate}: expected {' or '.join(TRUNCATIONS)}")
         self.readout = readout
         self.truncate = truncate
         self.crop_batches = crop_batches
@@ -70,6 +71,7 @@ class ImdbTask(Task):
         self.eval_batch_size = eval_batch_size
 
         corpus = load_imdb(data_path, tokenizer=tokenizer, cache_dir=cache_dir, download=download, progress=progress)
+        _check_every_review_has_tokens(corpus, data_path)
         self.vocab = build_vocab(corpus, max_size=vocab_size, min_freq=min_freq)
         generator = torch.Generator().manual_seed(seed)
         self.train_reviews, self.train_targets = _encoded(corpus, "train", self.vocab, max_length, truncate,
@@ -92,8 +94,8 @@ class ImdbTask(Task):
 
     def _check_not_empty(self, data_path) -> None:
         for split, reviews in (("train", self.train_reviews), ("test", self.test_reviews)):
-            if not reviews or all(len(r) == 0 for r in reviews):
-                raise DataError(f"{data_path}: the {split} split has no tokens; expected IMDB reviews")
+            if not reviews:
+                raise DataError(f"{data_path}: the {split} split has no reviews; expected IMDB reviews")
 
     # ------------------------------------------------------------------ the network
     @property
@@ -153,9 +155,14 @@ class ImdbTask(Task):
         return metrics
 
 
-def crop(reviews: list[Tensor], length: int, truncate: str = "head") -> list[Tensor]:
-    """Each review cut to ``length`` tokens, keeping its start (``head``) or its end (``tail``)."""
-    return [r[:length] if truncate == "head" else r[len(r) - length:] for r in reviews]
+def _check_every_review_has_tokens(corpus: ImdbCorpus, data_path) -> None:
+    """DataError naming the first review without a token (an empty file, or markup alone such as
+    ``<br />``): the LSTM cannot read a sequence of length 0."""
+    for split in SPLITS:
+        index = corpus.first_empty_review(split)
+        if index is not None:
+            raise DataError(f"{data_path}: review {corpus.review_name(split, index)} has no tokens; "
+                            "every review needs at least one token")
 
 
 def _encoded(corpus, split, vocab, max_length, truncate, size, generator) -> tuple[list[Tensor], Tensor]:

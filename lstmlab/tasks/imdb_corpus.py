@@ -58,3 +58,13 @@ class ImdbCorpus:
         part = self.split(split)
         start, end = part.offsets[index].item(), part.offsets[index + 1].item()
         return [self.types[i] for i in part.token_ids[start:end].tolist()]
+
+    def review_name(self, split: str, index: int) -> str:
+        """The review's file (e.g. "test/pos/123_9.txt"), or its position when the file names are not kept."""
+        names = self.split(split).names
+        return repr(names[index]) if index < len(names) else f"{index} of the {split} split"
+
+    def first_empty_review(self, split: str) -> int | None:
+        """The index of the first review of ``split`` without a single token, or None."""
+        empty = (self.split(split).lengths == 0).nonzero().flatten()
+        return int(empty[0]) if len(empty) else None

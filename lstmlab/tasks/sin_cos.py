@@ -32,8 +32,18 @@ def time_order(sequences: Tensor) -> Tensor:
     return sequences.transpose(0, 1).reshape(-1)
 
 
+def check_time_axis(points: int, start_pi: float, end_pi: float) -> None:
+    """ValueError naming the key unless there are at least 2 points over a non-empty interval."""
+    if points < 2:
+        raise ValueError(f"task.points={points}: expected a number >= 2")
+    if not end_pi > start_pi:
+        raise ValueError(f"task.end_pi={end_pi}: expected more than task.start_pi={start_pi}")
+
+
 def split_sizes(points: int, train_fraction: float, window: int) -> tuple[int, int]:
     """(train points, test points), or ValueError naming the key when they cannot be laid out."""
+    if window < 1:
+        raise ValueError(f"task.window={window}: expected a number >= 1")
     if not 0.0 < train_fraction < 1.0:
         raise ValueError(f"task.train_fraction={train_fraction}: expected a fraction strictly between 0 and 1")
     n_train = round(points * train_fraction)
@@ -61,10 +71,7 @@ class SinCosTask(Task):
         window: int = 20,
         train_fraction: float = 0.5,
     ) -> None:
-        if points < 2:
-            raise ValueError(f"task.points={points}: expected a number >= 2")
-        if not end_pi > start_pi:
-            raise ValueError(f"task.end_pi={end_pi}: expected more than task.start_pi={start_pi}")
+        check_time_axis(points, start_pi, end_pi)
         n_train, _ = split_sizes(points, train_fraction, window)
         t = torch.linspace(start_pi * math.pi, end_pi * math.pi, points, dtype=torch.float64)
         self.t = t

@@ -19,6 +19,7 @@ from .imdb_corpus import ImdbCorpus
 PAD, UNK = "<pad>", "<unk>"
 PAD_ID, UNK_ID = 0, 1
 TOKENIZERS = ("basic", "spacy")
+TRUNCATIONS = ("head", "tail")  # which end of a long review is kept
 
 
 # --------------------------------------------------------------------------- tokenizers
@@ -141,14 +142,17 @@ def encode_split(
     With ``max_length``, longer reviews keep their first (``truncate="head"``) or last
     (``truncate="tail"``) ``max_length`` tokens.
     """
-    if truncate not in ("head", "tail"):
-        raise ValueError(f"truncate={truncate!r}; expected 'head' or 'tail'")
+    if truncate not in TRUNCATIONS:
+        raise ValueError(f"truncate={truncate!r}; expected {' or '.join(map(repr, TRUNCATIONS))}")
     part = corpus.split(split)
     ids = torch.from_numpy(_type_to_vocab(corpus.types, vocab)[part.token_ids.numpy()])
-    reviews = torch.split(ids, part.lengths.tolist())
-    if max_length is None:
-        return list(reviews)
-    return [r[:max_length] if truncate == "head" else r[max(len(r) - max_length, 0) :] for r in reviews]
+    reviews = list(torch.split(ids, part.lengths.tolist()))
+    return reviews if max_length is None else crop(reviews, max_length, truncate)
+
+
+def crop(reviews: list[torch.Tensor], length: int, truncate: str = "head") -> list[torch.Tensor]:
+    """Each review cut to at most ``length`` tokens, keeping its start (``head``) or its end (``tail``)."""
+    return [r[:length] if truncate == "head" else r[max(len(r) - length, 0) :] for r in reviews]
 
 
 def _type_to_vocab(types: list[str], vocab: Vocab) -> np.ndarray:
