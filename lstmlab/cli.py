@@ -9,6 +9,7 @@ import random
 import shlex
 import signal
 import sys
+import traceback
 from pathlib import Path
 from typing import Callable
 
@@ -288,6 +289,10 @@ def main() -> None:
             # e.g. Optuna's sweeper, asked for the best of trials that all failed
             _say(f"every job of the sweep failed or diverged, so the sweeper stopped: {one_line(exc)}")
             sys.exit(1)
+        if outcome is None and _raised_by_launcher_plugin(exc) and not full_trace:
+            # e.g. hydra/launcher=slurm where there is no SLURM
+            print(f"lstmlab: error: hydra/launcher could not start the jobs: {one_line(exc)}", file=sys.stderr)
+            sys.exit(2)
         if full_trace or not _is_bad_input(exc):
             raise
         print(f"lstmlab: error: {one_line(exc)}", file=sys.stderr)
@@ -295,6 +300,12 @@ def main() -> None:
     outcome = sweep.last_outcome()
     if _DIVERGED or (outcome is not None and len(outcome.failed)):
         sys.exit(1)
+
+
+def _raised_by_launcher_plugin(exc: BaseException) -> bool:
+    """Whether ``exc`` came from a Hydra launcher plugin (joblib, submitit, ...) or what it calls."""
+    files = [frame.f_code.co_filename for frame, _ in traceback.walk_tb(exc.__traceback__)]
+    return any("hydra_plugins" in f and "launcher" in f for f in files)
 
 
 def _is_bad_input(exc: BaseException) -> bool:

@@ -2,7 +2,7 @@
 
 Rows are grouped by the swept keys (the overrides whose values differ between runs, seeds
 left out), each metric is shown as mean ± std over the seeds, and the group with the best
-monitored metric is marked. Reads finished and half-finished sweeps alike: the table is
+monitored metric is marked (each of them, if several tie). Reads finished and half-finished sweeps alike: the table is
 rebuilt from the runs' own ``result.csv`` files.
 
     lstmlab-report multirun/hidden               # prints the table, writes report.csv/.md
@@ -17,6 +17,7 @@ import textwrap
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import pandas as pd
 
 from .errors import LabError, first_line
@@ -156,7 +157,9 @@ def _best_mask(summary: pd.DataFrame, monitor: str | None, mode: str) -> pd.Seri
     column = f"{monitor}_mean"
     best = pd.Series(False, index=summary.index)
     if monitor and column in summary and summary[column].notna().any():
-        best[summary[column].idxmax() if mode == "max" else summary[column].idxmin()] = True
+        values = summary[column].astype(float)
+        target = values.max() if mode == "max" else values.min()
+        best = pd.Series(np.isclose(values, target, rtol=1e-12, atol=0.0), index=summary.index)  # every tie
     return best
 
 

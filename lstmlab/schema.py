@@ -24,6 +24,9 @@ from .models import hand_lstm, hand_rnn
 from .tasks import adder, imdb, sin_cos, text
 
 
+FLOAT32_MAX = 3.4028234663852886e38  # the largest float32: the parameters' updates are computed in it
+
+
 def _check(key: str, ok: bool, expected: str, value) -> None:
     if not ok:
         raise LabError(f"{key}={value}: expected {expected}")
@@ -197,7 +200,8 @@ class TrainerConf:
     def __post_init__(self) -> None:
         _at_least("trainer.max_epochs", self.max_epochs, 1)
         _at_least("trainer.batch_size", self.batch_size, 1)
-        _check("trainer.optimizer.lr", self.optimizer.lr > 0, "a learning rate > 0", self.optimizer.lr)
+        lr = self.optimizer.lr
+        _check("trainer.optimizer.lr", 0 < lr <= FLOAT32_MAX, "a learning rate > 0 that float32 holds (<= 3.4e38)", lr)
         _at_least("trainer.optimizer.weight_decay", self.optimizer.weight_decay, 0)
         _at_least("trainer.grad_clip", self.grad_clip, 0)
         _at_least("trainer.num_threads", self.num_threads, 0)

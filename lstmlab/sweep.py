@@ -157,7 +157,8 @@ def job_threads(launcher: Mapping | None, cores: int) -> int:
     """Torch threads for one job so that jobs running side by side x threads <= cores.
 
     joblib with ``n_jobs=k`` (``-1`` = all cores): ``max(1, cores // k)``; submitit with
-    ``cpus_per_task=c``: ``c``; otherwise 0 (torch's default).
+    ``cpus_per_task=c``: ``c``, and without it 1 (submitit_local starts every job of the sweep
+    at once); otherwise 0 (torch's default).
     """
     if not launcher:
         return 0
@@ -166,8 +167,8 @@ def job_threads(launcher: Mapping | None, cores: int) -> int:
         n_jobs = launcher.get("n_jobs") or -1
         parallel = n_jobs if n_jobs > 0 else max(1, cores + 1 + n_jobs)
         return max(1, cores // parallel)
-    if "submitit" in target and launcher.get("cpus_per_task"):
-        return int(launcher["cpus_per_task"])
+    if "submitit" in target:
+        return int(launcher.get("cpus_per_task") or 1)
     return 0
 
 
@@ -223,7 +224,6 @@ def close_open_sweep(interrupted: bool = False) -> SweepOutcome | None:
                     sweep_dir, others, "y" if others == 1 else "ies", RESULTS_FILE)
     frame = collect(sweep_dir, dirs)
     if frame.empty:
-        print(f"\nsweep {'interrupted' if interrupted else 'done'}: no job ran", flush=True)
         return None
     write_results(sweep_dir, frame)
     _last_outcome = SweepOutcome(sweep_dir, frame)
@@ -239,4 +239,5 @@ class SweepResults(Callback):
         _open_sweep = _OpenSweep.starting(Path(config.hydra.sweep.dir))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        close_open_sweep(interrupted=False)
+        if close_open_sweep(interrupted=False) is None:
+            print("\nsweep done: no job ran", flush=True)

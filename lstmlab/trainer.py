@@ -164,6 +164,7 @@ class Trainer:
                     log.info(_describe(row))
                 if reason:
                     result.stop_reason = reason
+                    bar.total = bar.n  # ends full: the run is done, not stopped at a fraction of max_epochs
                     break
         result.train_seconds = time.perf_counter() - begin
         return result

@@ -96,6 +96,7 @@ CASES = {
         Case("zero-epochs", adder("trainer.max_epochs=0"), "trainer.max_epochs"),
         Case("zero-batch", adder("trainer.batch_size=0"), "trainer.batch_size"),
         Case("negative-lr", adder("trainer.optimizer.lr=-1"), "trainer.optimizer.lr"),
+        Case("lr-beyond-float32", adder("trainer.optimizer.lr=1e39"), "trainer.optimizer.lr=1e+39: expected"),
         Case("negative-clip", adder("trainer.grad_clip=-1"), "trainer.grad_clip"),
         Case("bad-mode", adder("trainer.mode=up"), "trainer.mode"),
         Case("unknown-monitor", adder("trainer.monitor=test_accuracy"), "trainer.monitor=test_accuracy"),

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from conftest import GLOVE, SMALL, evaluate_saved_model, needs_glove
+from conftest import GLOVE, SMALL, evaluate_saved_model, needs_glove, run_lab
 from lstmlab.errors import DataError
 from lstmlab.models import HandLSTM, SequenceModel
 from lstmlab.tasks.imdb import ImdbTask, crop
@@ -171,3 +171,9 @@ def test_a_review_without_tokens_is_refused_naming_its_file(tmp_path, content):
         ImdbTask(str(folder), cache_dir=str(tmp_path / "cache"), download=False, progress=False)
     assert str(error.value) == (f"{folder}: review 'test/pos/123_9.txt' has no tokens; "
                                 "every review needs at least one token")
+
+
+def test_trainer_progress_false_also_hides_the_bars_of_reading_the_data(tmp_path):
+    proc = run_lab("task=imdb", "trainer.progress=false", "--cfg", "job", "--resolve", "-p", "task.progress", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().lower() == "false"

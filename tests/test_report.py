@@ -57,6 +57,14 @@ def test_groups_by_swept_keys_with_mean_and_std_over_seeds():
     assert summary["best"].tolist() == [False, True, False]
 
 
+def test_every_setting_that_ties_for_the_best_is_marked():
+    """e.g. several sizes that all reach 100% on the adder: the first is no better than the others."""
+    frame = sweep_frame()
+    frame["acc"] = [0.9, 1.0, 1.0, 1.0, 1.0, math.nan]  # hidden 8 and 16 both average 1.0
+    summary, _, _ = summarise(frame)
+    assert summary["best"].tolist() == [False, True, True]
+
+
 def test_best_row_follows_the_monitor_mode():
     frame = sweep_frame()
     frame["monitor"], frame["monitor_mode"] = "test_loss", "min"

@@ -185,6 +185,8 @@ def test_slurm_launcher_config_composes():
     ({"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", "n_jobs": -1}, 16, 1),
     ({"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", "n_jobs": 4}, 2, 1),
     ({"_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher", "cpus_per_task": 4}, 64, 4),
+    # submitit_local runs all the jobs at once: 1 thread each unless cpus_per_task says
+    ({"_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher", "cpus_per_task": None}, 2, 1),
     ({"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"}, 16, 0),
 ])
 def test_parallel_jobs_share_the_cores(launcher, cores, threads):
@@ -239,3 +241,13 @@ def test_a_sweep_of_no_jobs_says_so(tmp_path):
     proc = sweep(tmp_path, "seed=range(0,0)")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "sweep done: no job ran" in proc.stdout
+
+
+@pytest.mark.skipif(shutil.which("srun") is not None, reason="this machine has SLURM")
+def test_the_slurm_launcher_without_slurm_fails_in_one_line(tmp_path):
+    proc = sweep(tmp_path, "hydra/launcher=slurm", "seed=0,1")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        'lstmlab: error: hydra/launcher could not start the jobs: Could not detect "srun", '
+        "are you indeed on a slurm cluster?")
+    assert "Traceback" not in proc.stderr
