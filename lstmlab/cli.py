@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import random
+import re
 import shlex
 import signal
 import sys
@@ -23,6 +24,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from . import checkpoint, interrupts, sweep
+from .config_keys import flatten_config
 from .errors import LabError, one_line
 from .models import SequenceModel
 from .results import RUN_COLUMNS, RunRecorder, run_summary
@@ -38,14 +40,27 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build(node: DictConfig, **kwargs):
-    """hydra.utils.instantiate, with a constructor's ValueError reported as bad input."""
+def build(group: str, node: DictConfig | dict, **kwargs):
+    """hydra.utils.instantiate of the config group ``group``, with a constructor's ValueError,
+    or a ``_target_`` that cannot be imported, reported as bad input."""
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as exc:
         if isinstance(exc.__cause__, (ValueError, LabError)):
             raise LabError(one_line(exc)) from exc
+        unknown = re.match(r"Error locating target '([^']+)'", str(exc))
+        if unknown:
+            key = _key_of_target(node, unknown[1], group)
+            raise LabError(f"{key}={unknown[1]}: no such class or function to build") from exc
         raise
+
+
+def _key_of_target(node, target: str, prefix: str) -> str:
+    """The dotted key of the ``_target_`` that names ``target`` in ``node`` (``prefix._target_`` if none does)."""
+    tree = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+    found = [key for key, value in flatten_config(tree, prefix=f"{prefix}.").items()
+             if key.endswith("_target_") and value == target]
+    return found[0] if found else f"{prefix}._target_"
 
 
 def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> dict:
@@ -60,15 +75,15 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> d
     config = OmegaConf.to_container(cfg, resolve=True)
     resumed = checkpoint.load_for_resume(cfg.trainer.resume, config) if cfg.trainer.resume else None
     seed_everything(cfg.seed)
-    trainer = build(_trainer_options(config), seed=cfg.seed)
+    trainer = build("trainer", _trainer_options(config), seed=cfg.seed)
     if resumed and resumed.state.epoch >= trainer.max_epochs:  # e.g. stopped while its last epoch was saved
         log.info("%s has done %d epochs (trainer.max_epochs=%d): nothing left to train; raise "
                  "trainer.max_epochs to train on", resumed.path, resumed.state.epoch, trainer.max_epochs)
-    task = build(cfg.task)
+    task = build("task", cfg.task)
     monitor, mode = trainer.monitor_of(task)
     if resumed:
         _restart_best_if_monitor_changed(resumed, task, monitor, mode)
-    rnn = build(cfg.model, input_size=task.input_size)
+    rnn = build("model", cfg.model, input_size=task.input_size)
     net = SequenceModel(rnn, **task.network_options())
     params = sum(p.numel() for p in net.parameters())
     log.info("task %s | model %s | %d parameters | device %s", type(task).__name__, rnn, params, trainer.device)
@@ -113,7 +128,7 @@ def _write_finished(recorder: RunRecorder, fit, about: dict, net, plot: Callable
                                   train_seconds=fit.train_seconds, status="finished", about=about)
             recorder.write_result(recorder.config, summary)
     except KeyboardInterrupt as exc:
-        _say(f"interrupted after the run finished; its results are complete in {_shown(recorder.run_dir)}")
+        _say_of_run(f"interrupted after the run finished; its results are complete in {_shown(recorder.run_dir)}")
         exc.reported = True
         raise
     return summary
@@ -176,9 +191,9 @@ class _Stopped:
         name = signal.Signals(name).name if name else "SIGINT"
         kept = self._checkpoint()
         if kept is None:
-            _say(f"interrupted ({name}) before the first epoch finished; nothing to resume from")
+            _say_of_run(f"interrupted ({name}) before the first epoch finished; nothing to resume from")
         else:
-            _say(f"interrupted ({name}); kept epoch {self.recorder.checkpoint_epoch} in {_shown(kept)}. "
+            _say_of_run(f"interrupted ({name}); kept epoch {self.recorder.checkpoint_epoch} in {_shown(kept)}. "
                  f"To resume: {self._resume_command(kept)}")
         exc.reported = True
 
@@ -186,7 +201,7 @@ class _Stopped:
         summary = self._write("diverged")
         kept = self._checkpoint()
         where = f"last good checkpoint (epoch {self.recorder.checkpoint_epoch}): {_shown(kept)}" if kept else "no epoch finished"
-        _say(f"{exc}; {where}")
+        _say_of_run(f"{exc}; {where}")
         _DIVERGED.append(self.recorder.run_dir)
         return summary
 
@@ -209,6 +224,20 @@ def _shown(path: Path) -> str:
 
 def _say(message: str) -> None:
     print(f"lstmlab: {message}", file=sys.stderr, flush=True)
+
+
+def _say_of_run(message: str) -> None:
+    """A line about the run: on the terminal (stderr), and at the end of its cli.log."""
+    _say(message)
+    _to_run_log(message)
+
+
+def _to_run_log(message: str) -> None:
+    """The line into the log files of the run (cli.log), not again on the terminal."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 _DIVERGED: list[Path] = []  # run directories whose training diverged (main() exits 1)
@@ -245,6 +274,7 @@ def app(cfg: DictConfig) -> float | None:
         summary = run(cfg, run_dir, overrides=overrides)
     except Exception as exc:
         if _is_bad_input(exc) and not _FULL_TRACE:
+            _to_run_log(f"error: {one_line(exc)}")
             raise _BadInput(exc) from exc  # past Hydra's job runner, which would print its own line
         raise
     return sweep.objective(summary)

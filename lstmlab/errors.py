@@ -29,8 +29,24 @@ def one_line(exc: BaseException) -> str:
         message = first_line(cause)
         if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and "not in" in message:
             return no_such_key(cause.full_key, schema_keys(getattr(cause, "object_type", None)))
+        expected = _expected_type(message)
+        if expected:
+            return f"{cause.full_key}={cause.value}: expected {expected}"
         return f"{cause.full_key}: {message}"
     return first_line(exc)
+
+
+# what OmegaConf says of a value of the wrong type -> what the key expects
+_TYPE_MESSAGES = {
+    "could not be converted to Integer": "an integer",
+    "could not be converted to Float": "a number",
+    "is not a valid bool": "true or false",
+    "is not a ListConfig, list or tuple": "a list, e.g. [16,32]",
+}
+
+
+def _expected_type(message: str) -> str | None:
+    return next((expected for said, expected in _TYPE_MESSAGES.items() if said in message), None)
 
 
 def first_line(exc: BaseException) -> str:

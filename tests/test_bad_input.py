@@ -64,6 +64,7 @@ CASES = {
         Case("zero-size", adder("task.train_size=0"), "task.train_size"),
         Case("bad-choice", adder("task.encoding=hex"), "task.encoding"),
         Case("too-few-bits", adder("task.eval_bits=[1]"), "task.eval_bits"),
+        Case("not-a-list", adder("task.eval_bits=16"), "task.eval_bits=16: expected a list"),
         Case("bad-loss", adder("task.loss=hinge"), "task.loss"),
         Case("imdb-missing-archive", imdb("task.data_path={missing}"), "{missing}"),
         Case("imdb-empty-archive", imdb("task.data_path={empty}"), "{empty}"),
@@ -78,7 +79,7 @@ CASES = {
     "model": [
         Case("unknown-option", adder("model=gru9"), "model=gru9"),
         Case("unknown-key", adder("model.nope=1"), "model.nope"),
-        Case("wrong-type", adder("model.hidden_size=big"), "model.hidden_size"),
+        Case("wrong-type", adder("model.hidden_size=big"), "model.hidden_size=big: expected an integer"),
         Case("zero-hidden", adder("model.hidden_size=0"), "model.hidden_size"),
         Case("zero-layers", adder("model.num_layers=0"), "model.num_layers"),
         Case("dropout-one", adder("model.dropout=1.0"), "model.dropout"),
@@ -92,7 +93,10 @@ CASES = {
         Case("unknown-optimizer-key", adder("trainer.optimizer.nope=1"), "trainer.optimizer.nope"),
         Case("argument-the-optimizer-lacks", adder("+trainer.optimizer.momentum=0.9"), "trainer.optimizer: "),
         Case("wrong-type", adder("trainer.max_epochs=ten"), "trainer.max_epochs"),
-        Case("wrong-type-bool", adder("trainer.shuffle=maybe"), "trainer.shuffle"),
+        Case("wrong-type-bool", adder("trainer.shuffle=maybe"), "trainer.shuffle=maybe: expected true or false"),
+        Case("not-a-number", adder("trainer.optimizer.lr=fast"), "trainer.optimizer.lr=fast: expected a number"),
+        Case("no-such-optimizer", adder("trainer.optimizer._target_=torch.optim.SGDX"),
+             "trainer.optimizer._target_=torch.optim.SGDX: no such class or function"),
         Case("zero-epochs", adder("trainer.max_epochs=0"), "trainer.max_epochs"),
         Case("zero-batch", adder("trainer.batch_size=0"), "trainer.batch_size"),
         Case("negative-lr", adder("trainer.optimizer.lr=-1"), "trainer.optimizer.lr"),
@@ -196,6 +200,8 @@ def test_the_installed_command_reports_the_same_line(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip() == "lstmlab: error: model.hidden_size=0: expected a number >= 1"
     assert not (tmp_path / "result.csv").exists()
+    # the run's log says why it stopped (a directory without result.csv could also be a killed run)
+    assert (tmp_path / "cli.log").read_text().rstrip().endswith("error: model.hidden_size=0: expected a number >= 1")
 
 
 def test_hydra_full_error_shows_the_traceback(tmp_path, in_process, monkeypatch):

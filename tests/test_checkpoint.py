@@ -131,6 +131,7 @@ def test_sigterm_keeps_the_last_finished_epoch_and_says_how_to_resume(terminated
     assert metrics(run_dir)["epoch"].tolist() == list(range(1, done + 1))
     assert result(run_dir)["status"] == "interrupted"
     assert "Traceback" not in stopped.stderr
+    assert "interrupted (SIGTERM); kept epoch" in (run_dir / "cli.log").read_text().splitlines()[-1]
 
 
 def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(terminated, tmp_path):
