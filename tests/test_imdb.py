@@ -177,3 +177,9 @@ def test_trainer_progress_false_also_hides_the_bars_of_reading_the_data(tmp_path
     proc = run_lab("task=imdb", "trainer.progress=false", "--cfg", "job", "--resolve", "-p", "task.progress", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().lower() == "false"
+
+
+def test_a_subset_larger_than_the_split_uses_it_all_and_says_so(cache, caplog):
+    task = small_task(cache, train_size=10**6)
+    assert len(task.train_reviews) == len(small_task(cache).train_reviews)
+    assert f"task.train_size=1000000: the train split has only {len(task.train_reviews)} reviews" in caplog.text

@@ -172,4 +172,6 @@ def _encoded(corpus, split, vocab, max_length, truncate, size, generator) -> tup
     if size is not None and size < len(reviews):
         keep = torch.randperm(len(reviews), generator=generator)[:size].sort().values
         reviews, labels = [reviews[i] for i in keep.tolist()], labels[keep]
+    elif size is not None and size > len(reviews):
+        log.warning("task.%s_size=%d: the %s split has only %d reviews; using them all", split, size, split, len(reviews))
     return reviews, labels
