@@ -66,6 +66,8 @@ def restore_rng(rng: Mapping[str, Any], data_order: torch.Generator) -> None:
 
 
 # ---------------------------------------------------------------- the trainer's state
+EPOCH_COLUMNS = ("epoch", "step", "seconds", "train_loss")  # an epoch's row starts so; the task's metrics follow
+
 @dataclass
 class TrainState:
     """Where training stands at the end of an epoch: everything needed to go on exactly."""
@@ -75,7 +77,7 @@ class TrainState:
     seconds: float  # training time so far
     best: float | None  # best value of the monitored metric so far
     improved: bool  # this epoch set ``best``
-    row: dict  # this epoch's metrics row
+    row: dict  # this epoch's metrics row: EPOCH_COLUMNS, then the task's metrics
     model: dict = field(repr=False)
     optimizer: dict = field(repr=False)
     rng: dict = field(repr=False)

@@ -27,7 +27,7 @@ from . import checkpoint, interrupts, sweep
 from .config_keys import flatten_config
 from .errors import LabError, one_line
 from .models import SequenceModel
-from .results import RUN_COLUMNS, RunRecorder, run_summary
+from .results import METRICS_FILE, RUN_COLUMNS, RunRecorder, run_summary
 from .schema import register_configs, validate
 from .trainer import Diverged, resolve_monitor
 
@@ -50,9 +50,21 @@ def build(group: str, node: DictConfig | dict, **kwargs):
             raise LabError(one_line(exc)) from exc
         unknown = re.match(r"Error locating target '([^']+)'", str(exc))
         if unknown:
-            key = _key_of_target(node, unknown[1], group)
-            raise LabError(f"{key}={unknown[1]}: no such class or function to build") from exc
+            target = unknown[1]
+            missing = _missing_module(exc)
+            why = (f"it imports {missing}, which is not installed" if missing and not target.startswith(missing)
+                   else "no such class or function to build")
+            raise LabError(f"{_key_of_target(node, target, group)}={target}: {why}") from exc
         raise
+
+
+def _missing_module(exc: BaseException) -> str | None:
+    """The name of the module whose absence made ``exc`` (a ModuleNotFoundError in its chain), if any."""
+    while exc is not None:
+        if isinstance(exc, ModuleNotFoundError):
+            return exc.name
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _key_of_target(node, target: str, prefix: str) -> str:
@@ -81,8 +93,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> d
                  "trainer.max_epochs to train on", resumed.path, resumed.state.epoch, trainer.max_epochs)
     task = build("task", cfg.task)
     monitor, mode = trainer.monitor_of(task)
-    if resumed:
-        _restart_best_if_monitor_changed(resumed, task, monitor, mode)
+    best_restarts = bool(resumed) and _restart_best_if_monitor_changed(resumed, task, monitor, mode)
     rnn = build("model", cfg.model, input_size=task.input_size)
     net = SequenceModel(rnn, **task.network_options())
     params = sum(p.numel() for p in net.parameters())
@@ -90,7 +101,8 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> d
 
     about = {"params": params, "device": str(trainer.device), "threads": torch.get_num_threads(),
              "monitor": monitor, "monitor_mode": mode}
-    recorder = RunRecorder(run_dir, config=config, history=resumed.history if resumed else (), monitor=monitor)
+    recorder = RunRecorder(run_dir, config=config, history=resumed.history if resumed else (), monitor=monitor,
+                           kept=_files_gone_on_from(resumed, run_dir, best_restarts))
     if resumed:
         log.info("resuming from %s after epoch %d", resumed.path, resumed.state.epoch)
     stopped = _Stopped(recorder, config, about, resumed, overrides or [])
@@ -105,8 +117,9 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> d
         with interrupts.deferred():
             return stopped.diverged(exc)
     except BaseException:
-        with interrupts.deferred(), contextlib.suppress(OSError):
-            recorder.flush_metrics()  # the epochs saved in last.pt, for whoever looks into the failure
+        if recorder.saved_checkpoint is not None:  # the epochs it saved in last.pt, to look into the failure
+            with interrupts.deferred(), contextlib.suppress(OSError):
+                recorder.flush_metrics()
         raise
     summary = _write_finished(recorder, fit, about, net, lambda: write_plots(run_dir, task, trainer.predictor(net)))
     final = {k: v for k, v in summary.items() if k not in RUN_COLUMNS}
@@ -134,13 +147,24 @@ def _write_finished(recorder: RunRecorder, fit, about: dict, net, plot: Callable
     return summary
 
 
-def _restart_best_if_monitor_changed(resumed: checkpoint.Checkpoint, task, monitor: str, mode: str) -> None:
-    """A best value kept for another metric, or the other way round, means nothing now."""
+def _restart_best_if_monitor_changed(resumed: checkpoint.Checkpoint, task, monitor: str, mode: str) -> bool:
+    """A best value kept for another metric, or the other way round, means nothing now: it is
+    dropped (True) if the monitored metric or its mode changed."""
     before = resolve_monitor(task, resumed.monitor, resumed.config["trainer"].get("mode"))
-    if before != (monitor, mode):
-        log.info("resuming with trainer.monitor=%s (%s) instead of %s (%s): the best so far, and best.pt, "
-                 "start again from this run's epochs", monitor, mode, *before)
-        resumed.state.best = None
+    if before == (monitor, mode):
+        return False
+    log.info("resuming with trainer.monitor=%s (%s) instead of %s (%s): the best so far, and best.pt, "
+             "start again from this run's epochs", monitor, mode, *before)
+    resumed.state.best = None
+    return True
+
+
+def _files_gone_on_from(resumed: checkpoint.Checkpoint | None, run_dir: Path, best_restarts: bool) -> tuple[str, ...]:
+    """The files in ``run_dir`` a run goes on from: when it resumes a checkpoint of that same
+    directory, its last.pt, metrics.csv and (unless the best starts again) best.pt."""
+    if resumed is None or resumed.path.parent.resolve() != run_dir.resolve():
+        return ()
+    return (checkpoint.LAST_FILE, METRICS_FILE) + (() if best_restarts else (checkpoint.BEST_FILE,))
 
 
 @contextlib.contextmanager
@@ -268,10 +292,14 @@ def app(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     overrides = list(hydra_cfg.overrides.task)
-    if hydra_cfg.mode == RunMode.MULTIRUN:
-        return sweep.run_job(cfg, run_dir, lambda c, d: run(c, d, overrides=overrides), launcher=hydra_cfg.launcher)
     try:
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            return sweep.run_job(cfg, run_dir, lambda c, d: run(c, d, overrides=overrides), launcher=hydra_cfg.launcher)
         summary = run(cfg, run_dir, overrides=overrides)
+    except KeyboardInterrupt as exc:
+        if not getattr(exc, "reported", False):  # main() says so on the terminal
+            _to_run_log("interrupted before training started")
+        raise
     except Exception as exc:
         if _is_bad_input(exc) and not _FULL_TRACE:
             _to_run_log(f"error: {one_line(exc)}")

@@ -21,10 +21,9 @@ import pandas as pd
 
 from .errors import first_line
 from .files import atomic_write_bytes
-from .results import BOOKKEEPING, METRICS_FILE
+from .results import BOOKKEEPING, CURVES_FILE, METRICS_FILE
 from .tasks.base import LinePlot
 
-CURVES_FILE = "curves.png"
 _LINE_STYLES = ("-", "--", ":", "-.")  # lines that coincide (train_loss, train_mse) stay visible
 
 

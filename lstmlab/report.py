@@ -47,7 +47,7 @@ def _load_one(path: Path) -> pd.DataFrame:
     if path.is_file():
         frame, root = _read_csv(path), path.parent
     elif path.is_dir() and run_dirs(path):
-        frame, root = collect(path), path
+        frame, root = collect(path, _jobs_listed(path)), path
     elif (path / RESULTS_FILE).is_file():
         frame, root = _read_csv(path / RESULTS_FILE), path
     elif path.is_dir():
@@ -57,6 +57,17 @@ def _load_one(path: Path) -> pd.DataFrame:
     if "dir" in frame:
         frame["dir"] = [str(root / d) if isinstance(d, str) else None for d in frame["dir"]]
     return frame
+
+
+def _jobs_listed(sweep_dir: Path) -> list[Path] | None:
+    """The run directories the sweep's results.csv lists, read afresh: a sweep run into the
+    directory of another leaves that one's jobs beside its own. None (every run under
+    ``sweep_dir``) when there is no results.csv, e.g. while a first sweep is running."""
+    try:
+        listed = pd.read_csv(sweep_dir / RESULTS_FILE, usecols=["dir"], dtype=str)["dir"]
+    except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        return None
+    return [sweep_dir / d for d in listed.dropna() if (sweep_dir / d / ".hydra").is_dir()]
 
 
 def _read_csv(path: Path) -> pd.DataFrame:

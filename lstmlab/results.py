@@ -31,17 +31,20 @@ import pandas as pd
 import torch
 
 from . import checkpoint
-from .checkpoint import TrainState
+from .checkpoint import EPOCH_COLUMNS, TrainState  # EPOCH_COLUMNS: metrics.csv's first columns
 from .config_keys import flatten_config
 from .files import atomic_write_bytes
-from .trainer import EPOCH_COLUMNS  # metrics.csv's first columns
 
 METRICS_FILE = "metrics.csv"
 RESULT_FILE = "result.csv"
 MODEL_FILE = "model.pt"
 RESULTS_FILE = "results.csv"
 TRACEBACK_FILE = "traceback.txt"
+CURVES_FILE = "curves.png"  # drawn from metrics.csv by lstmlab/plots.py
 
+#: what a run leaves in its directory, all of which a later run in the same directory replaces
+EARLIER_RUN_FILES = (RESULT_FILE, MODEL_FILE, TRACEBACK_FILE, METRICS_FILE, checkpoint.LAST_FILE,
+                     checkpoint.BEST_FILE, CURVES_FILE)
 BOOKKEEPING = EPOCH_COLUMNS[:3]  # the ones that are not metrics
 RUN_COLUMNS = ("epochs", "stop_reason", "params", "train_seconds", "device", "threads", "monitor",
                "monitor_mode", "status")  # result.csv's last columns
@@ -108,8 +111,10 @@ class RunRecorder:
         config: Mapping | None = None,
         history: list[dict] | tuple = (),
         monitor: str | None = None,
+        kept: tuple[str, ...] = (),
     ) -> None:
-        """``history``: the rows of the epochs a resumed run has already done (empty for a new run)."""
+        """``history``: the rows of the epochs a resumed run has already done (empty for a new run).
+        ``kept``: files in ``run_dir`` this run goes on from (see :data:`EARLIER_RUN_FILES`)."""
         self.run_dir = Path(run_dir)
         self.rows: list[dict] = [dict(row) for row in history]
         self.flush_seconds = flush_seconds
@@ -117,7 +122,7 @@ class RunRecorder:
         self.monitor = monitor
         self.checkpoint_epoch = self.rows[-1]["epoch"] if self.rows else 0
         self.saved_checkpoint: Path | None = None  # this run's last.pt, once written
-        self._resumed = bool(self.rows)
+        self._kept = kept
         self._earlier_removed = False
         self._last_flush = 0.0
 
@@ -134,7 +139,7 @@ class RunRecorder:
 
     def end_epoch(self, state: TrainState) -> None:
         """Records the epoch's row and saves ``last.pt`` (and ``best.pt`` if it improved)."""
-        self._remove_earlier_results(best_too=not self._resumed)
+        self._remove_earlier_results()
         self.add_epoch(state.row)
         data = torch_bytes(checkpoint.to_payload(state, self.config, self.rows, self.monitor))
         atomic_write_bytes(self.run_dir / checkpoint.LAST_FILE, data)
@@ -143,17 +148,17 @@ class RunRecorder:
         self.checkpoint_epoch = state.epoch
         self.saved_checkpoint = self.run_dir / checkpoint.LAST_FILE
 
-    def _remove_earlier_results(self, best_too: bool = False) -> None:
-        """Called by the first write: removes what an earlier run in the same directory (or the
-        run this one resumes) left that would no longer describe this one. Until then the
-        directory holds the earlier run as it was, so bad input or a kill loses nothing; after,
-        a run cut off before writing ``result.csv`` shows as incomplete, not as the earlier run.
-        ``best_too``: also ``best.pt`` (when the first epoch of a new run is saved)."""
+    def _remove_earlier_results(self) -> None:
+        """Called by the first write: removes the files of an earlier run in the same directory
+        (:data:`EARLIER_RUN_FILES`, less those this run goes on from), so that none of them is
+        taken for this run's. Until then the directory holds the earlier run as it was, so bad
+        input or a kill before the first write loses nothing."""
         if self._earlier_removed:
             return
         self._earlier_removed = True
-        for name in (RESULT_FILE, MODEL_FILE, TRACEBACK_FILE) + ((checkpoint.BEST_FILE,) if best_too else ()):
-            (self.run_dir / name).unlink(missing_ok=True)
+        for name in EARLIER_RUN_FILES:
+            if name not in self._kept:
+                (self.run_dir / name).unlink(missing_ok=True)
 
     def save_model(self, state_dict: Mapping[str, torch.Tensor]) -> Path:
         self._remove_earlier_results()
@@ -172,8 +177,9 @@ class RunRecorder:
 
     def write_failed(self, config: Mapping, error: str, traceback: str = "") -> Path:
         """A failed run: ``result.csv`` with ``status=failed`` and the one-line ``error``."""
-        self._remove_earlier_results()
-        (self.run_dir / MODEL_FILE).unlink(missing_ok=True)
+        self._earlier_removed = True  # the checkpoints and metrics of its epochs stay, to look into
+        for name in (RESULT_FILE, MODEL_FILE, TRACEBACK_FILE):
+            (self.run_dir / name).unlink(missing_ok=True)
         if traceback:
             atomic_write_bytes(self.run_dir / TRACEBACK_FILE, traceback.encode())
         return self.write_result(config, {"status": "failed", "error": error})

@@ -157,7 +157,7 @@ def job_threads(launcher: Mapping | None, cores: int) -> int:
     """Torch threads for one job so that jobs running side by side x threads <= cores.
 
     joblib with ``n_jobs=k`` (``-1`` = all cores): ``max(1, cores // k)``; submitit with
-    ``cpus_per_task=c``: ``c``, and without it 1 (submitit_local starts every job of the sweep
+    ``cpus_per_task=c``: ``c``; submitit_local without it: 1 (it starts every job of the sweep
     at once); otherwise 0 (torch's default).
     """
     if not launcher:
@@ -167,8 +167,10 @@ def job_threads(launcher: Mapping | None, cores: int) -> int:
         n_jobs = launcher.get("n_jobs") or -1
         parallel = n_jobs if n_jobs > 0 else max(1, cores + 1 + n_jobs)
         return max(1, cores // parallel)
-    if "submitit" in target:
-        return int(launcher.get("cpus_per_task") or 1)
+    if "submitit" in target and launcher.get("cpus_per_task"):
+        return int(launcher["cpus_per_task"])
+    if "submitit" in target and "LocalLauncher" in target:  # all the jobs at once, on this machine
+        return 1
     return 0
 
 
@@ -185,15 +187,18 @@ class SweepOutcome:
 
 @dataclass
 class _OpenSweep:
-    """A multirun in progress: its directory, and the job directories already there when it
-    began (with when their ``.hydra/`` was written), which are an earlier sweep's until one of
-    this sweep's jobs starts in them."""
+    """A multirun in progress: its directory, and the job directories of another sweep that
+    were already there when it began (with when their ``.hydra/`` was written): they are that
+    sweep's until one of this sweep's jobs starts in them. A re-run of the same sweep (the
+    same overrides) owns every job directory there."""
 
     sweep_dir: Path
     earlier: dict[Path, int | None]
 
     @classmethod
-    def starting(cls, sweep_dir: Path) -> "_OpenSweep":
+    def starting(cls, sweep_dir: Path, overrides: list[str]) -> "_OpenSweep":
+        if _overrides_of_last_multirun(sweep_dir) == overrides:
+            return cls(sweep_dir, {})
         return cls(sweep_dir, {d: written_at(d) for d in run_dirs(sweep_dir)})
 
     def job_dirs(self) -> tuple[list[Path], int]:
@@ -201,6 +206,16 @@ class _OpenSweep:
         dirs = run_dirs(self.sweep_dir)
         ours = [d for d in dirs if d not in self.earlier or written_at(d) != self.earlier[d]]
         return ours, len(dirs) - len(ours)
+
+
+def _overrides_of_last_multirun(sweep_dir: Path) -> list[str] | None:
+    """The command-line overrides of the multirun that last ran in ``sweep_dir`` (Hydra keeps
+    its config there, in multirun.yaml, and rewrites it after this sweep's start)."""
+    try:
+        saved = OmegaConf.load(sweep_dir / "multirun.yaml")
+        return list(OmegaConf.to_container(saved.hydra.overrides.task))
+    except Exception:  # noqa: BLE001 - none, or unreadable: taken as another sweep's
+        return None
 
 
 _open_sweep: _OpenSweep | None = None
@@ -236,7 +251,7 @@ class SweepResults(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         global _open_sweep
-        _open_sweep = _OpenSweep.starting(Path(config.hydra.sweep.dir))
+        _open_sweep = _OpenSweep.starting(Path(config.hydra.sweep.dir), list(config.hydra.overrides.task))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if close_open_sweep(interrupted=False) is None:

@@ -13,13 +13,11 @@ from torch import nn
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from .checkpoint import TrainState
+from .checkpoint import EPOCH_COLUMNS, TrainState
 from .errors import LabError, first_line
 from .tasks.base import Batch, Predict, Task
 
 log = logging.getLogger("lstmlab")
-
-EPOCH_COLUMNS = ("epoch", "step", "seconds", "train_loss")  # an epoch's row starts so; the task's metrics follow
 
 EpochCallback = Callable[[dict], None]
 CheckpointCallback = Callable[[TrainState], None]

@@ -208,3 +208,12 @@ def test_hydra_full_error_shows_the_traceback(tmp_path, in_process, monkeypatch)
     monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
     with pytest.raises(Exception, match="model.hidden_size=0"):
         in_process(adder("model.hidden_size=0", f"hydra.run.dir={tmp_path}"))
+
+
+def test_a_class_whose_module_lacks_a_dependency_names_the_dependency(tmp_path, in_process, monkeypatch):
+    (tmp_path / "my_cell.py").write_text("import a_package_nobody_installed\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    code, _, err = in_process(adder("model._target_=my_cell.MyCell", f"hydra.run.dir={tmp_path / 'run'}"))
+    assert code == 2
+    assert err.strip() == ("lstmlab: error: model._target_=my_cell.MyCell: it imports "
+                           "a_package_nobody_installed, which is not installed")

@@ -233,16 +233,18 @@ def test_a_resume_refused_for_bad_input_keeps_the_earlier_result(terminated, tmp
     assert result(run_dir)["status"] == "interrupted"  # the earlier run's result.csv, as it was
 
 
-def test_resuming_with_another_monitor_starts_the_best_again(terminated, tmp_path):
-    """The checkpoint's best is an exhaustive accuracy; a loss would never beat it."""
+def test_resuming_with_another_monitor_starts_the_best_again(tmp_path):
+    """After one epoch the best exhaustive accuracy is half a percent; an MSE loss of 0.24 would
+    never beat it, and best.pt would stay at an epoch the new metric never chose."""
     run_dir = tmp_path / "run"
-    shutil.copytree(terminated[0], run_dir)
-    done = checkpoint.load(run_dir / "last.pt").state.epoch
-    proc = lstmlab(*TINY, "task.loss=mse", f"trainer.max_epochs={done + 1}", "trainer.monitor=test_loss",
+    first = lstmlab(*TINY, "task.loss=mse", "trainer.max_epochs=1", f"hydra.run.dir={run_dir}")
+    assert first.returncode == 0, first.stderr
+    assert checkpoint.load(run_dir / "best.pt").state.best < 0.01
+    proc = lstmlab(*TINY, "task.loss=mse", "trainer.max_epochs=2", "trainer.monitor=test_loss",
                    f"trainer.resume={run_dir}", f"hydra.run.dir={run_dir}")
     assert proc.returncode == 0, proc.stderr
     best = checkpoint.load(run_dir / "best.pt")
-    assert (best.monitor, best.state.epoch) == ("test_loss", done + 1)
+    assert (best.monitor, best.state.epoch) == ("test_loss", 2)
     assert best.state.best == metrics(run_dir)["test_loss"].iloc[-1]
 
 
@@ -297,3 +299,11 @@ def test_a_second_ctrl_c_while_the_first_is_handled_changes_nothing(tmp_path, in
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("lstmlab: interrupted (SIGINT); kept epoch 1 in"), stderr
     assert result(tmp_path / "run")["status"] == "interrupted"
+
+
+def test_a_ctrl_c_before_training_is_in_the_runs_log(tmp_path, in_process, monkeypatch):
+    """e.g. while a large dataset is read: the directory then holds no result.csv, and its log says why."""
+    monkeypatch.setattr(cli, "SequenceModel", lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGINT))
+    code, stderr = in_process(*TINY, f"hydra.run.dir={tmp_path / 'run'}")
+    assert code == 130 and stderr.strip() == "lstmlab: interrupted before training started"
+    assert (tmp_path / "run" / "cli.log").read_text().splitlines()[-1].endswith("interrupted before training started")

@@ -14,7 +14,8 @@ from torch.nn.utils.rnn import pack_padded_sequence
 from conftest import GLOVE, SMALL, evaluate_saved_model, needs_glove, run_lab
 from lstmlab.errors import DataError
 from lstmlab.models import HandLSTM, SequenceModel
-from lstmlab.tasks.imdb import ImdbTask, crop
+from lstmlab.tasks.imdb import ImdbTask
+from lstmlab.tasks.text import crop
 from lstmlab.tasks.imdb_archive import load_imdb
 from lstmlab.tasks.text import PAD_ID, train_counts
 

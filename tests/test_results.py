@@ -8,7 +8,7 @@ import torch
 
 from lstmlab.checkpoint import TrainState
 from lstmlab.files import atomic_write_bytes
-from lstmlab.results import RunRecorder
+from lstmlab.results import EARLIER_RUN_FILES, RunRecorder
 
 
 def test_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
@@ -52,19 +52,32 @@ def _epoch_state(epoch: int, improved: bool) -> TrainState:
                       model={"w": torch.ones(2)}, optimizer={}, rng={})
 
 
-EARLIER_RUN = ("result.csv", "model.pt", "best.pt", "traceback.txt")
-
-
-@pytest.mark.parametrize("resumed", [False, True])
-def test_an_earlier_runs_files_stay_until_the_first_epoch_is_saved(tmp_path, resumed):
+@pytest.mark.parametrize("kept", [(), ("last.pt", "metrics.csv", "best.pt")], ids=["new-run", "resumed-here"])
+def test_an_earlier_runs_files_stay_until_the_first_epoch_is_saved(tmp_path, kept):
     """A run in the directory of an earlier one (same hydra.run.dir): bad input before training
     loses nothing; once an epoch is saved, no file of the earlier run claims to describe it."""
-    for name in EARLIER_RUN:
+    for name in EARLIER_RUN_FILES:
         (tmp_path / name).write_text("earlier run")
-    history = [_epoch_state(1, True).row] if resumed else []
-    recorder = RunRecorder(tmp_path, config={"model": {"hidden_size": 4}}, history=history)
-    assert all((tmp_path / name).exists() for name in EARLIER_RUN)  # nothing touched yet
+    history = [_epoch_state(1, True).row] if kept else []
+    recorder = RunRecorder(tmp_path, config={"model": {"hidden_size": 4}}, history=history, kept=kept)
+    assert all((tmp_path / name).read_text() == "earlier run" for name in EARLIER_RUN_FILES)  # nothing touched yet
     recorder.end_epoch(_epoch_state(len(history) + 1, improved=False))
     left = sorted(p.name for p in tmp_path.iterdir())
-    # a resumed run keeps best.pt: it is the best of the epochs it goes on from
-    assert left == sorted(["last.pt", "metrics.csv"] + (["best.pt"] if resumed else []))
+    # a run resumed in its own directory keeps best.pt: the best of the epochs it goes on from
+    assert left == sorted(["last.pt", "metrics.csv"] + (["best.pt"] if kept else []))
+
+
+def test_a_new_run_stopped_before_its_first_epoch_leaves_only_its_result(tmp_path):
+    for name in EARLIER_RUN_FILES:
+        (tmp_path / name).write_text("earlier run")
+    RunRecorder(tmp_path).write_result({"seed": 0}, {"status": "interrupted", "epochs": 0})
+    assert [p.name for p in tmp_path.iterdir()] == ["result.csv"]
+
+
+def test_a_failed_job_keeps_the_checkpoints_of_its_epochs(tmp_path):
+    """A sweep records a failure with a recorder of its own; the epochs saved before stay."""
+    for name in EARLIER_RUN_FILES:
+        (tmp_path / name).write_text("this run's")
+    RunRecorder(tmp_path).write_failed({"seed": 0}, "RuntimeError: boom", "Traceback ...")
+    assert (tmp_path / "last.pt").read_text() == (tmp_path / "best.pt").read_text() == "this run's"
+    assert not (tmp_path / "model.pt").exists() and (tmp_path / "traceback.txt").read_text() == "Traceback ..."

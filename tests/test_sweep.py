@@ -13,11 +13,13 @@ import torch
 from omegaconf import OmegaConf
 from conftest import LAB, ROOT, read_result, results, sweep, wait_for_file
 
+from lstmlab import report
 from lstmlab.report import summarise
 from lstmlab.sweep import job_threads, objective, run_job
 
 # columns that differ between two runs of the same jobs: timings, and where the job ran
 VOLATILE = ["train_seconds", "threads"]
+
 
 @pytest.fixture(scope="module")
 def basic(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
@@ -187,11 +189,11 @@ def test_slurm_launcher_config_composes():
     ({"_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher", "cpus_per_task": 4}, 64, 4),
     # submitit_local runs all the jobs at once: 1 thread each unless cpus_per_task says
     ({"_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher", "cpus_per_task": None}, 2, 1),
+    ({"_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher", "cpus_per_task": None}, 64, 0),
     ({"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"}, 16, 0),
 ])
 def test_parallel_jobs_share_the_cores(launcher, cores, threads):
     assert job_threads(launcher, cores) == threads
-
 
 
 def test_a_sweep_into_an_earlier_sweeps_directory_reports_only_its_own_jobs(tmp_path):
@@ -202,6 +204,7 @@ def test_a_sweep_into_an_earlier_sweeps_directory_reports_only_its_own_jobs(tmp_
     assert list(zip(table["job"], table["seed"], table["model.hidden_size"])) == [(0, 7, 4)]
     assert "also holds 2 job directories of an earlier sweep" in proc.stdout + proc.stderr
     assert "sweep done: 1 job (1 finished)" in proc.stdout
+    assert len(report.load([tmp_path])) == 1  # lstmlab-report DIR, as the Makefile's targets call it
 
 
 def test_an_optuna_search_whose_trials_all_fail_ends_in_one_line(tmp_path):
@@ -251,3 +254,23 @@ def test_the_slurm_launcher_without_slurm_fails_in_one_line(tmp_path):
         'lstmlab: error: hydra/launcher could not start the jobs: Could not detect "srun", '
         "are you indeed on a slurm cluster?")
     assert "Traceback" not in proc.stderr
+
+
+def test_a_rerun_of_the_same_sweep_interrupted_early_still_lists_all_its_jobs(tmp_path):
+    """Jobs it had not reached again when stopped are still this sweep's, not an earlier one's."""
+    assert run(resumable_sweep(tmp_path, THREE_JOBS)).returncode == 0
+    for name in ("result.csv", "last.pt"):  # job 0 runs again, from the start
+        (tmp_path / "0" / name).unlink()
+    proc = subprocess.Popen(resumable_sweep(tmp_path, THREE_JOBS), cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for_file(tmp_path / "0" / "last.pt", proc)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err[-2000:]
+    assert list(results(tmp_path)["status"]) == ["interrupted", "finished", "finished"]
+    assert "earlier sweep" not in out + err
