@@ -106,21 +106,25 @@ def run(command: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600)
 
 
-@pytest.fixture(scope="module")
-def stopped_in_job_0(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
-    """model.hidden_size=4,8,16 with a real SIGINT once job 0 has saved its first epoch's last.pt."""
-    sweep_dir = tmp_path_factory.mktemp("stopped_in_job_0")
-    proc = subprocess.Popen(resumable_sweep(sweep_dir, THREE_JOBS), cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+def ctrl_c_once_saved(command: list[str], file: Path) -> subprocess.CompletedProcess:
+    """Runs ``command``, sends it a real SIGINT once ``file`` exists, and waits for its exit."""
+    proc = subprocess.Popen(command, cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        wait_for_file(sweep_dir / "0" / "last.pt", proc)
+        wait_for_file(file, proc)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err), sweep_dir
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+@pytest.fixture(scope="module")
+def stopped_in_job_0(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
+    """model.hidden_size=4,8,16 with a real SIGINT once job 0 has saved its first epoch's last.pt."""
+    sweep_dir = tmp_path_factory.mktemp("stopped_in_job_0")
+    return ctrl_c_once_saved(resumable_sweep(sweep_dir, THREE_JOBS), sweep_dir / "0" / "last.pt"), sweep_dir
 
 
 def test_an_interrupted_job_is_counted_in_the_summary(stopped_in_job_0):
@@ -261,16 +265,7 @@ def test_a_rerun_of_the_same_sweep_interrupted_early_still_lists_all_its_jobs(tm
     assert run(resumable_sweep(tmp_path, THREE_JOBS)).returncode == 0
     for name in ("result.csv", "last.pt"):  # job 0 runs again, from the start
         (tmp_path / "0" / name).unlink()
-    proc = subprocess.Popen(resumable_sweep(tmp_path, THREE_JOBS), cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        wait_for_file(tmp_path / "0" / "last.pt", proc)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 130, err[-2000:]
+    proc = ctrl_c_once_saved(resumable_sweep(tmp_path, THREE_JOBS), tmp_path / "0" / "last.pt")
+    assert proc.returncode == 130, proc.stderr[-2000:]
     assert list(results(tmp_path)["status"]) == ["interrupted", "finished", "finished"]
-    assert "earlier sweep" not in out + err
+    assert "earlier sweep" not in proc.stdout + proc.stderr
