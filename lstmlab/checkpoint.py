@@ -68,6 +68,7 @@ def restore_rng(rng: Mapping[str, Any], data_order: torch.Generator) -> None:
 # ---------------------------------------------------------------- the trainer's state
 EPOCH_COLUMNS = ("epoch", "step", "seconds", "train_loss")  # an epoch's row starts so; the task's metrics follow
 
+
 @dataclass
 class TrainState:
     """Where training stands at the end of an epoch: everything needed to go on exactly."""
@@ -226,6 +227,7 @@ def load_for_resume(path: Path | str, config: Mapping) -> Checkpoint:
 def config_differences(saved: Mapping, current: Mapping) -> list[str]:
     """'key: X in the checkpoint, Y now' for each key that must match to resume."""
     old, new = flatten_config(saved), flatten_config(current)
-    keys = sorted(k for k in old.keys() | new.keys() if k.startswith(RESUME_MUST_MATCH) and k not in RESUME_MAY_DIFFER)
+    keys = sorted(k for k in old.keys() | new.keys()
+                  if k.startswith(RESUME_MUST_MATCH) and k not in RESUME_MAY_DIFFER)
     return [f"{k}: {old.get(k, '<absent>')} in the checkpoint, {new.get(k, '<absent>')} now"
             for k in keys if old.get(k, "<absent>") != new.get(k, "<absent>")]

@@ -218,7 +218,7 @@ class _Stopped:
             _say_of_run(f"interrupted ({name}) before the first epoch finished; nothing to resume from")
         else:
             _say_of_run(f"interrupted ({name}); kept epoch {self.recorder.checkpoint_epoch} in {_shown(kept)}. "
-                 f"To resume: {self._resume_command(kept)}")
+                        f"To resume: {self._resume_command(kept)}")
         exc.reported = True
 
     def diverged(self, exc: Diverged) -> dict:

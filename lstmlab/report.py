@@ -2,8 +2,8 @@
 
 Rows are grouped by the swept keys (the overrides whose values differ between runs, seeds
 left out), each metric is shown as mean ± std over the seeds, and the group with the best
-monitored metric is marked (each of them, if several tie). Reads finished and half-finished sweeps alike: the table is
-rebuilt from the runs' own ``result.csv`` files.
+monitored metric is marked (each of them, if several tie). Reads finished and half-finished
+sweeps alike: the table is rebuilt from the runs' own ``result.csv`` files.
 
     lstmlab-report multirun/hidden               # prints the table, writes report.csv/.md
     lstmlab-report multirun/hidden --plot        # and report.png (metric vs swept key, curves)
