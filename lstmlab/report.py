@@ -24,11 +24,12 @@ from .errors import LabError, first_line
 from .files import atomic_write_bytes
 from .plots import epochs_with_values, new_figure, save_png
 from .results import METRICS_FILE, RESULT_FILE, RESULTS_FILE, RUN_COLUMNS, atomic_write_csv
-from .runs import DIVERGED, FAILED, FINISHED, INCOMPLETE, INTERRUPTED, collect, count_statuses, parse_overrides, run_dirs
+from .runs import (DIVERGED, FAILED, FINISHED, INCOMPLETE, INTERRUPTED, LEAD_COLUMNS, collect, count_statuses,
+                   parse_overrides, run_dirs)
 
 COUNTED_AS_FAILED = (FAILED, DIVERGED)  # ended without a usable final metric
 COUNTED_AS_INCOMPLETE = (INCOMPLETE, INTERRUPTED)  # stopped on the way; a re-run of the sweep goes on
-NOT_METRICS = {"job", "choices", "seed", "train_loss", "sec_per_epoch", *RUN_COLUMNS}  # of results.csv
+NOT_METRICS = {*LEAD_COLUMNS, "choices", "seed", "train_loss", "sec_per_epoch", *RUN_COLUMNS}  # of results.csv
 
 
 # ---------------------------------------------------------------- reading

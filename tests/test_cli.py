@@ -1,5 +1,7 @@
 """The real `lstmlab` command, end to end: what a user types and what a run leaves behind."""
 
+import sys
+
 import pandas as pd
 import pytest
 import torch
@@ -77,3 +79,20 @@ def test_help_lists_config_groups_and_cfg_prints_resolved_config(tmp_path):
     assert not any(line.startswith("schema") for line in help_text.splitlines())  # schemas stay internal
     cfg = run_lab("--cfg", "job", "model.hidden_size=64", cwd=tmp_path)
     assert cfg.returncode == 0 and "hidden_size: 64" in cfg.stdout
+
+
+def test_ctrl_c_while_the_command_loads_is_one_line(monkeypatch, capsys):
+    """torch and Hydra take a while to import; a Ctrl-C then gets no traceback."""
+    import types
+
+    from lstmlab import console
+
+    class Loading(types.ModuleType):
+        def __getattr__(self, name):
+            raise KeyboardInterrupt
+
+    monkeypatch.setitem(sys.modules, "lstmlab.cli", Loading("lstmlab.cli"))
+    with pytest.raises(SystemExit) as exited:
+        console.main()
+    assert exited.value.code == 130
+    assert capsys.readouterr().err == "lstmlab: interrupted while starting\n"

@@ -262,3 +262,12 @@ def test_the_summary_of_a_sweep_whose_jobs_all_failed_lists_them(tmp_path, capsy
 def test_the_report_counts_diverged_jobs_as_failed_and_interrupted_ones_as_incomplete():
     summary, _, _ = summarise(status_frame())
     assert summary.loc[0, ["runs", "failed", "incomplete"]].tolist() == [2, 2, 2]
+
+
+def test_a_results_csv_whose_jobs_all_finished_shows_no_error_column(tmp_path):
+    """Its empty error column reads back as numbers (NaN): it is still no metric."""
+    frame = sweep_frame()
+    frame["status"], frame["error"], frame["dir"] = "finished", math.nan, [str(j) for j in frame["job"]]
+    frame.to_csv(tmp_path / "results.csv", index=False)
+    summary, _, metrics = summarise(pd.read_csv(tmp_path / "results.csv"))
+    assert "error" not in metrics and "dir" not in metrics and "job" not in metrics
