@@ -334,7 +334,7 @@ def main() -> None:
     try:
         app()
     except _BadInput as exc:
-        print(f"lstmlab: error: {one_line(exc.error)}", file=sys.stderr)
+        _say(f"error: {one_line(exc.error)}")
         sys.exit(2)
     except KeyboardInterrupt as exc:
         sweep.close_open_sweep(interrupted=True)
@@ -349,11 +349,11 @@ def main() -> None:
             sys.exit(1)
         if outcome is None and _raised_by_launcher_plugin(exc) and not full_trace:
             # e.g. hydra/launcher=slurm where there is no SLURM
-            print(f"lstmlab: error: hydra/launcher could not start the jobs: {one_line(exc)}", file=sys.stderr)
+            _say(f"error: hydra/launcher could not start the jobs: {one_line(exc)}")
             sys.exit(2)
         if full_trace or not _is_bad_input(exc):
             raise
-        print(f"lstmlab: error: {one_line(exc)}", file=sys.stderr)
+        _say(f"error: {one_line(exc)}")
         sys.exit(2)
     outcome = sweep.last_outcome()
     if _DIVERGED or (outcome is not None and len(outcome.failed)):

@@ -42,9 +42,9 @@ RESULTS_FILE = "results.csv"
 TRACEBACK_FILE = "traceback.txt"
 CURVES_FILE = "curves.png"  # drawn from metrics.csv by lstmlab/plots.py
 
-#: what a run leaves in its directory, all of which a later run in the same directory replaces
-EARLIER_RUN_FILES = (RESULT_FILE, MODEL_FILE, TRACEBACK_FILE, METRICS_FILE, checkpoint.LAST_FILE,
-                     checkpoint.BEST_FILE, CURVES_FILE)
+RESULT_FILES = (RESULT_FILE, MODEL_FILE, TRACEBACK_FILE)  # what a run writes when it ends
+#: all a run leaves in its directory, which a later run in the same directory replaces
+EARLIER_RUN_FILES = RESULT_FILES + (METRICS_FILE, checkpoint.LAST_FILE, checkpoint.BEST_FILE, CURVES_FILE)
 BOOKKEEPING = EPOCH_COLUMNS[:3]  # the ones that are not metrics
 RUN_COLUMNS = ("epochs", "stop_reason", "params", "train_seconds", "device", "threads", "monitor",
                "monitor_mode", "status")  # result.csv's last columns
@@ -178,7 +178,7 @@ class RunRecorder:
     def write_failed(self, config: Mapping, error: str, traceback: str = "") -> Path:
         """A failed run: ``result.csv`` with ``status=failed`` and the one-line ``error``."""
         self._earlier_removed = True  # the checkpoints and metrics of its epochs stay, to look into
-        for name in (RESULT_FILE, MODEL_FILE, TRACEBACK_FILE):
+        for name in RESULT_FILES:
             (self.run_dir / name).unlink(missing_ok=True)
         if traceback:
             atomic_write_bytes(self.run_dir / TRACEBACK_FILE, traceback.encode())
