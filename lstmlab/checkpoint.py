@@ -10,6 +10,7 @@ so far and the run's resolved config. Writing it is the results writer's job
 
 from __future__ import annotations
 
+import copy
 import pickle
 import random
 import zipfile
@@ -86,8 +87,10 @@ class TrainState:
     @classmethod
     def capture(cls, net: nn.Module, optimizer: torch.optim.Optimizer, data_order: torch.Generator,
                 **progress) -> "TrainState":
-        model = {k: v.detach().cpu() for k, v in net.state_dict().items()}
-        return cls(model=model, optimizer=optimizer.state_dict(), rng=capture_rng(data_order), **progress)
+        # copies: on the CPU .cpu() and state_dict() hand back the live tensors, which training goes on changing
+        model = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
+        optimizer_state = copy.deepcopy(optimizer.state_dict())
+        return cls(model=model, optimizer=optimizer_state, rng=capture_rng(data_order), **progress)
 
     def restore(self, net: nn.Module, optimizer: torch.optim.Optimizer, data_order: torch.Generator) -> None:
         """Loads the weights and optimizer state; the optimizer keeps its configured settings."""

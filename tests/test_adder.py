@@ -59,6 +59,40 @@ def test_splits_have_requested_sizes_and_depend_on_seed():
     assert torch.equal(task.train_inputs, AdderTask(train_size=300, test_size=100, eval_bits=[]).train_inputs)
 
 
+def _pair_values(bits):
+    return (bits * (1 << torch.arange(bits.shape[1]))).sum(1)
+
+
+def test_unseen_acc_is_scored_on_exactly_the_pairs_the_training_data_lacks():
+    task = AdderTask(encoding="serial", train_size=5_000, test_size=100, eval_bits=[])
+    a_bits, b_bits = task.train_inputs[:, :, 0].long(), task.train_inputs[:, :, 1].long()
+    trained = set(zip(_pair_values(a_bits).tolist(), _pair_values(b_bits).tolist()))
+    unseen_a, unseen_b = task.unseen[0][:, :, 0].long(), task.unseen[0][:, :, 1].long()
+    unseen = list(zip(_pair_values(unseen_a).tolist(), _pair_values(unseen_b).tolist()))
+    assert len(unseen) == len(set(unseen)) == 128 * 128 - len(trained)
+    assert not trained & set(unseen)
+
+    def right_on_trained_pairs_only(batch):  # a model that has only memorised its training pairs
+        pairs = zip(_pair_values(batch.inputs[:, :, 0].long()).tolist(), _pair_values(batch.inputs[:, :, 1].long()).tolist())
+        right = torch.tensor([pair in trained for pair in pairs]).float().unsqueeze(1)
+        return ((batch.targets * 2 - 1) * (right * 2 - 1) * 10).unsqueeze(2)
+
+    metrics = task.evaluate(right_on_trained_pairs_only)
+    assert metrics["unseen_acc"] == 0.0 and metrics["exhaustive_acc"] == pytest.approx(len(trained) / 128**2)
+
+
+def test_the_default_test_split_repeats_training_pairs_and_unseen_acc_is_what_is_held_out():
+    task = AdderTask(encoding="parallel", eval_bits=[])  # the note's 80,000 + 20,000 draws
+    assert 100 < len(task.unseen[0]) < 150  # 16,384 · e^(-80,000/16,384) ≈ 124 expected
+    assert "unseen_acc" in task.metric_modes
+
+
+def test_no_unseen_acc_when_the_training_draws_cover_every_pair():
+    task = AdderTask(encoding="parallel", train_size=400_000, test_size=10, eval_bits=[])
+    assert task.unseen is None and "unseen_acc" not in task.metric_modes
+    assert "unseen_acc" not in task.evaluate(lambda batch: batch.targets)
+
+
 @pytest.mark.parametrize("encoding", ["serial", "parallel", "flat"])
 def test_perfect_predictions_score_one_and_a_single_wrong_bit_fails_the_pair(encoding):
     task = AdderTask(encoding=encoding, train_size=10, test_size=100, eval_bits=[16], eval_size=100)
@@ -68,7 +102,7 @@ def test_perfect_predictions_score_one_and_a_single_wrong_bit_fails_the_pair(enc
     else:
         perfect = lambda batch: logits(batch.targets)  # noqa: E731
     metrics = task.evaluate(perfect)
-    assert metrics["test_acc"] == metrics["exhaustive_acc"] == 1.0
+    assert metrics["test_acc"] == metrics["unseen_acc"] == metrics["exhaustive_acc"] == 1.0
     assert ("acc_16bit" in metrics) == (encoding == "serial")
 
     def one_bit_wrong_in_first_pair(batch):

@@ -69,6 +69,20 @@ def test_resuming_from_the_epoch_that_met_the_target_trains_no_further():
     assert untargeted.fit(tiny_adder_net(task), task, start=states[-1]).epochs == fit.epochs + 1
 
 
+def test_an_epochs_state_stays_as_it_was_while_training_goes_on():
+    """States kept in memory (as the tests here keep them) are that epoch's, not the live weights."""
+    task = AdderTask(train_size=500, test_size=100, eval_bits=[])
+    trainer = Trainer(ADAM, device="cpu", max_epochs=3, batch_size=32, progress=False)
+    states = []
+    fit = trainer.fit(tiny_adder_net(task), task, on_checkpoint=states.append)
+    first, last = states[0], states[-1]
+    assert not torch.equal(first.model["rnn.weight_hh_l0"], last.model["rnn.weight_hh_l0"])
+    assert not torch.equal(first.optimizer["state"][0]["exp_avg"], last.optimizer["state"][0]["exp_avg"])
+    resumed = trainer.fit(tiny_adder_net(task), task, start=first).metrics
+    without_time = lambda metrics: {k: v for k, v in metrics.items() if k != "seconds"}  # noqa: E731
+    assert without_time(resumed) == without_time(fit.metrics)
+
+
 def test_a_target_on_another_accuracy_waits_until_that_accuracy_reaches_it():
     task = AdderTask(train_size=200, test_size=100, eval_bits=[])
     trainer = Trainer(ADAM, device="cpu", max_epochs=2, monitor="test_acc", target_metric=1.0, progress=False)
@@ -81,7 +95,7 @@ def test_a_monitor_the_task_does_not_report_is_refused_with_the_names_it_does():
     task = AdderTask(train_size=200, test_size=100, eval_bits=[])
     trainer = Trainer(ADAM, device="cpu", monitor="test_accuracy", progress=False)
     with pytest.raises(LabError, match=r"^trainer.monitor=test_accuracy: expected one of train_loss, test_loss, "
-                                       r"test_acc, exhaustive_acc \(the metrics of AdderTask\)$"):
+                                       r"test_acc, unseen_acc, exhaustive_acc \(the metrics of AdderTask\)$"):
         trainer.fit(tiny_adder_net(task), task)
 
 
