@@ -5,7 +5,8 @@ A run directory holds:
 - ``metrics.csv``: one row per epoch: ``EPOCH_COLUMNS`` (``epoch, step, seconds,
   train_loss``), then each metric the task's ``evaluate`` returns (e.g. ``test_loss,
   test_acc, exhaustive_acc``). The trainer makes these rows.
-- ``result.csv``: one row: the resolved config flattened to dotted columns
+- ``result.csv``: one row: the command that made it (``COMMAND_COLUMNS``: ``overrides``,
+  ``choices``, from Hydra's ``.hydra/``), the resolved config flattened to dotted columns
   (``model.hidden_size``, ...; :func:`lstmlab.config_keys.flatten_config`), then the final metrics, then ``RUN_COLUMNS`` (``epochs``,
   ``stop_reason``, ``params``, ``train_seconds``, ``device``, ``threads``, ``monitor``,
   ``monitor_mode``, ``status``); see :func:`run_summary`. It is written last; ``status`` says
@@ -25,10 +26,11 @@ from __future__ import annotations
 import io
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import pandas as pd
 import torch
+import yaml
 
 from . import checkpoint
 from .checkpoint import EPOCH_COLUMNS, TrainState  # EPOCH_COLUMNS: metrics.csv's first columns
@@ -43,8 +45,43 @@ TRACEBACK_FILE = "traceback.txt"
 CURVES_FILE = "curves.png"  # drawn from metrics.csv by lstmlab/plots.py
 
 RESULT_FILES = (RESULT_FILE, MODEL_FILE, TRACEBACK_FILE)  # what a run writes when it ends
-#: all a run leaves in its directory, which a later run in the same directory replaces
-EARLIER_RUN_FILES = RESULT_FILES + (METRICS_FILE, checkpoint.LAST_FILE, checkpoint.BEST_FILE, CURVES_FILE)
+FIGURES = "*.png"  # CURVES_FILE and the task's own figures (lstmlab/plots.py), e.g. prediction.png
+#: all a run leaves in its directory (and its FIGURES), which a later run in the same directory replaces
+EARLIER_RUN_FILES = RESULT_FILES + (METRICS_FILE, checkpoint.LAST_FILE, checkpoint.BEST_FILE)
+
+
+COMMAND_COLUMNS = ("overrides", "choices")  # result.csv's first columns: the command that made it
+
+
+def hydra_record(run_dir: Path | str, name: str) -> Any:
+    """``run_dir/.hydra/<name>.yaml``, which Hydra writes as each run or job starts; {} if unreadable."""
+    try:
+        return yaml.safe_load((Path(run_dir) / ".hydra" / f"{name}.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+
+
+def command_of(run_dir: Path | str) -> dict[str, str]:
+    """The command that last started in ``run_dir``, from Hydra's record: its ``overrides``, and
+    the option each config group got, overridden or not (``choices``: 'task=adder
+    model=hand_lstm trainer=default', Hydra's own groups left out); {} without a record."""
+    overrides = hydra_record(run_dir, "overrides")
+    meta = hydra_record(run_dir, "hydra").get("hydra") or {}
+    if not overrides and not meta:
+        return {}
+    choices = (meta.get("runtime") or {}).get("choices") or {}
+    return {
+        "overrides": " ".join(map(str, overrides or [])),
+        "choices": " ".join(f"{group}={option}" for group, option in choices.items()
+                            if option is not None and not str(group).startswith("hydra/")),
+    }
+
+
+def run_files(run_dir: Path | str) -> list[str]:
+    """The names of the files a run leaves that are in ``run_dir`` now: EARLIER_RUN_FILES, FIGURES."""
+    run_dir = Path(run_dir)
+    named = [name for name in EARLIER_RUN_FILES if (run_dir / name).is_file()]
+    return named + sorted(path.name for path in run_dir.glob(FIGURES))
 BOOKKEEPING = EPOCH_COLUMNS[:3]  # the ones that are not metrics
 RUN_COLUMNS = ("epochs", "stop_reason", "params", "train_seconds", "device", "threads", "monitor",
                "monitor_mode", "status")  # result.csv's last columns
@@ -150,15 +187,17 @@ class RunRecorder:
 
     def _remove_earlier_results(self) -> None:
         """Called by the first write: removes the files of an earlier run in the same directory
-        (:data:`EARLIER_RUN_FILES`, less those this run goes on from), so that none of them is
-        taken for this run's. Until then the directory holds the earlier run as it was, so bad
-        input or a kill before the first write loses nothing."""
+        (:func:`run_files`, less those this run goes on from), so that none of them is taken for
+        this run's. Until then the directory holds the earlier run as it was, so bad input or a
+        kill before the first write loses nothing."""
         if self._earlier_removed:
             return
         self._earlier_removed = True
-        for name in EARLIER_RUN_FILES:
-            if name not in self._kept:
-                (self.run_dir / name).unlink(missing_ok=True)
+        self._remove(name for name in run_files(self.run_dir) if name not in self._kept)
+
+    def _remove(self, names: Iterable[str]) -> None:
+        for name in names:
+            (self.run_dir / name).unlink(missing_ok=True)
 
     def save_model(self, state_dict: Mapping[str, torch.Tensor]) -> Path:
         self._remove_earlier_results()
@@ -167,19 +206,23 @@ class RunRecorder:
         return path
 
     def write_result(self, config: Mapping, summary: Mapping[str, Any]) -> Path:
-        """The run's one-row summary: flattened config, then the summary's columns."""
+        """The run's one-row summary: the command that started it (as Hydra recorded it when it
+        did; a later command in the same directory that stops before its first write changes
+        ``.hydra/``, not this), the flattened config, then the summary's columns."""
         self._remove_earlier_results()
         self.flush_metrics()
-        row = flatten_config(config) | dict(summary)
+        row = command_of(self.run_dir) | flatten_config(config) | dict(summary)
         path = self.run_dir / RESULT_FILE
         atomic_write_csv(path, pd.DataFrame([row]))
         return path
 
-    def write_failed(self, config: Mapping, error: str, traceback: str = "") -> Path:
-        """A failed run: ``result.csv`` with ``status=failed`` and the one-line ``error``."""
-        self._earlier_removed = True  # the checkpoints and metrics of its epochs stay, to look into
-        for name in RESULT_FILES:
-            (self.run_dir / name).unlink(missing_ok=True)
+    def write_failed(self, config: Mapping, error: str, traceback: str = "", earlier: Iterable[str] = ()) -> Path:
+        """A failed run: ``result.csv`` with ``status=failed`` and the one-line ``error``.
+
+        The checkpoints and metrics of the epochs it saved stay, to look into; ``earlier`` names
+        files of an earlier run in the directory (none of this run's), which go."""
+        self._earlier_removed = True
+        self._remove((*RESULT_FILES, *earlier))
         if traceback:
             atomic_write_bytes(self.run_dir / TRACEBACK_FILE, traceback.encode())
         return self.write_result(config, {"status": "failed", "error": error})

@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from .config_keys import flatten_config
-from .results import read_result
+from .results import COMMAND_COLUMNS, command_of, hydra_record, read_result
 
 FINISHED, FAILED, DIVERGED, INTERRUPTED = "finished", "failed", "diverged", "interrupted"
 INCOMPLETE = "incomplete"  # no result.csv: running, killed, or stopped before its training began
@@ -40,35 +39,30 @@ def written_at(run_dir: Path) -> int | None:
 def job_row(run_dir: Path, root: Path) -> dict:
     """One row of results.csv: job number, status, overrides, error, dir, choices, then result.csv's row.
 
-    ``choices`` is the option each config group got, overridden or not ('task=adder model=hand_lstm
-    trainer=default', Hydra's own groups left out), so that a group one sweep did not override
-    still has a value when sweeps are compared.
+    ``overrides`` and ``choices`` (:func:`~lstmlab.results.command_of`) are those of the command
+    that wrote result.csv, which it holds; Hydra's ``.hydra/`` may describe a later command that
+    stopped before writing anything. ``choices`` gives a group one sweep did not override a value
+    when sweeps are compared.
     """
-    meta = _read_yaml(run_dir / ".hydra" / "hydra.yaml").get("hydra", {})
-    overrides = _read_yaml(run_dir / ".hydra" / "overrides.yaml") or []
+    meta = hydra_record(run_dir, "hydra").get("hydra") or {}
     result = read_result(run_dir)
     if result is None:  # running, interrupted or killed: the config Hydra saved
-        config = _read_yaml(run_dir / ".hydra" / "config.yaml") or {}
-        result = flatten_config(config) | {"status": INCOMPLETE}
+        result = flatten_config(hydra_record(run_dir, "config")) | {"status": INCOMPLETE}
+    command = command_of(run_dir)
+    for column in COMMAND_COLUMNS:  # result.csv's own record, when it has one (an empty one reads as NaN)
+        if column in result:
+            value = result.pop(column)
+            command[column] = value if isinstance(value, str) else ""
     num = (meta.get("job") or {}).get("num")
-    choices = (meta.get("runtime") or {}).get("choices") or {}
     lead = {
         "job": num if isinstance(num, int) else None,  # a single run has none
         "status": result.pop("status", INCOMPLETE),
-        "overrides": " ".join(map(str, overrides)),
+        "overrides": command.get("overrides", ""),
         "error": result.pop("error", ""),
         "dir": run_dir.relative_to(root).as_posix() if run_dir != root else ".",
-        "choices": " ".join(f"{group}={option}" for group, option in choices.items()
-                            if option is not None and not str(group).startswith("hydra/")),
+        "choices": command.get("choices", ""),
     }
     return lead | result
-
-
-def _read_yaml(path: Path) -> Any:
-    try:
-        return yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return {}
 
 
 def collect(root: Path, dirs: list[Path] | None = None) -> pd.DataFrame:

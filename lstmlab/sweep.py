@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -27,11 +28,12 @@ import torch
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from .checkpoint import LAST_FILE
+from .checkpoint import BEST_FILE, LAST_FILE
 from .config_keys import flatten_config
 from .errors import LabError, one_line
 from .report import failed_jobs, print_summary
-from .results import RESULTS_FILE, RunRecorder, as_csv_text, read_result, stored_as_text, write_results
+from .results import (METRICS_FILE, RESULTS_FILE, RunRecorder, as_csv_text, read_result, run_files, stored_as_text,
+                      write_results)
 from .runs import FINISHED, INTERRUPTED, collect, run_dirs, written_at
 
 log = logging.getLogger("lstmlab")
@@ -65,6 +67,7 @@ def run_job(cfg: DictConfig, run_dir: Path, train: Callable[[DictConfig, Path], 
     if earlier is not None:
         log.info("finished in an earlier run of this sweep, not run again: %s", run_dir)
         return objective(earlier)
+    found = _file_stamps(run_dir)  # files an earlier run left here, to tell them from this job's
     epoch = resumable_epoch(run_dir, config)
     if epoch is not None:
         log.info("interrupted after epoch %d in an earlier run of this sweep, resumed from its %s: %s",
@@ -77,8 +80,22 @@ def run_job(cfg: DictConfig, run_dir: Path, train: Callable[[DictConfig, Path], 
     except Exception as exc:  # noqa: BLE001 - a failed job is recorded, the sweep goes on
         error = describe(exc)
         log.error("job failed: %s (traceback in %s)", error, run_dir / "traceback.txt")
-        RunRecorder(run_dir).write_failed(config, error, traceback.format_exc())
+        gone_on_from = (LAST_FILE, METRICS_FILE, BEST_FILE) if epoch is not None else ()
+        untouched = [name for name, stamp in found.items()
+                     if name not in gone_on_from and _file_stamps(run_dir).get(name) == stamp]
+        RunRecorder(run_dir).write_failed(config, error, traceback.format_exc(), earlier=untouched)
         return None  # not a number: Optuna records a failed trial and goes on
+
+
+def _file_stamps(run_dir: Path) -> dict[str, tuple[int, int]]:
+    """Each run file in ``run_dir`` (:func:`~lstmlab.results.run_files`) by (inode, mtime): a file
+    rewritten since (atomically, so a new inode) has another stamp."""
+    stamps = {}
+    for name in run_files(run_dir):
+        with contextlib.suppress(OSError):
+            status = (run_dir / name).stat()
+            stamps[name] = (status.st_ino, status.st_mtime_ns)
+    return stamps
 
 
 def _plain(cfg: DictConfig) -> dict:

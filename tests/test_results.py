@@ -10,6 +10,9 @@ from lstmlab.checkpoint import TrainState
 from lstmlab.files import atomic_write_bytes
 from lstmlab.results import EARLIER_RUN_FILES, RunRecorder
 
+# an earlier run's files: all a run writes, with the curves and a task's figure (sin_cos's)
+AN_EARLIER_RUNS_FILES = (*EARLIER_RUN_FILES, "curves.png", "prediction.png")
+
 
 def test_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
     path = tmp_path / "result.csv"
@@ -56,11 +59,11 @@ def _epoch_state(epoch: int, improved: bool) -> TrainState:
 def test_an_earlier_runs_files_stay_until_the_first_epoch_is_saved(tmp_path, kept):
     """A run in the directory of an earlier one (same hydra.run.dir): bad input before training
     loses nothing; once an epoch is saved, no file of the earlier run claims to describe it."""
-    for name in EARLIER_RUN_FILES:
+    for name in AN_EARLIER_RUNS_FILES:
         (tmp_path / name).write_text("earlier run")
     history = [_epoch_state(1, True).row] if kept else []
     recorder = RunRecorder(tmp_path, config={"model": {"hidden_size": 4}}, history=history, kept=kept)
-    assert all((tmp_path / name).read_text() == "earlier run" for name in EARLIER_RUN_FILES)  # nothing touched yet
+    assert all((tmp_path / name).read_text() == "earlier run" for name in AN_EARLIER_RUNS_FILES)  # nothing touched yet
     recorder.end_epoch(_epoch_state(len(history) + 1, improved=False))
     left = sorted(p.name for p in tmp_path.iterdir())
     # a run resumed in its own directory keeps best.pt: the best of the epochs it goes on from
@@ -68,7 +71,7 @@ def test_an_earlier_runs_files_stay_until_the_first_epoch_is_saved(tmp_path, kep
 
 
 def test_a_new_run_stopped_before_its_first_epoch_leaves_only_its_result(tmp_path):
-    for name in EARLIER_RUN_FILES:
+    for name in AN_EARLIER_RUNS_FILES:
         (tmp_path / name).write_text("earlier run")
     RunRecorder(tmp_path).write_result({"seed": 0}, {"status": "interrupted", "epochs": 0})
     assert [p.name for p in tmp_path.iterdir()] == ["result.csv"]

@@ -15,6 +15,8 @@ from conftest import LAB, ROOT, read_result, results, sweep, wait_for_file
 
 from lstmlab import report
 from lstmlab.report import summarise
+from lstmlab.checkpoint import TrainState
+from lstmlab.results import RunRecorder
 from lstmlab.sweep import job_threads, objective, run_job
 
 # columns that differ between two runs of the same jobs: timings, and where the job ran
@@ -242,6 +244,37 @@ def test_a_job_with_torch_default_threads_does_not_inherit_an_earlier_jobs(tmp_p
     finally:
         torch.set_num_threads(before)
     assert threads == [3]
+
+
+def _earlier_run_in(run_dir):
+    """A finished run of another config, with everything a run leaves (a task figure too)."""
+    recorder = RunRecorder(run_dir, config={"seed": 1})
+    recorder.end_epoch(TrainState(epoch=1, step=1, seconds=0.1, best=0.5, improved=True, row={"epoch": 1},
+                                  model={"w": torch.ones(1)}, optimizer={}, rng={}))
+    for figure in ("curves.png", "prediction.png"):
+        (run_dir / figure).write_bytes(b"earlier run's figure")
+    recorder.write_result({"seed": 1}, {"status": "finished"})
+
+
+@pytest.mark.parametrize("saves_an_epoch", [False, True], ids=["fails-at-once", "fails-after-an-epoch"])
+def test_a_failed_job_leaves_no_earlier_runs_file_beside_its_record(tmp_path, saves_an_epoch):
+    _earlier_run_in(tmp_path)
+
+    def train(cfg, run_dir):
+        if saves_an_epoch:
+            RunRecorder(run_dir, config={"seed": 0}).end_epoch(TrainState(
+                epoch=1, step=1, seconds=0.1, best=0.7, improved=True, row={"epoch": 1},
+                model={"w": torch.zeros(1)}, optimizer={}, rng={}))
+        raise RuntimeError("boom")
+
+    assert run_job(OmegaConf.create({"seed": 0, "trainer": {"num_threads": 1, "resume": None}}), tmp_path, train) is None
+    left = sorted(p.name for p in tmp_path.iterdir())
+    own = ["best.pt", "last.pt", "metrics.csv"] if saves_an_epoch else []
+    assert left == sorted(["result.csv", "traceback.txt", *own])
+    assert read_result(tmp_path)["status"] == "failed"
+    if saves_an_epoch:  # this job's epoch, not the earlier run's
+        saved = torch.load(tmp_path / "last.pt", weights_only=True)
+        assert torch.equal(saved["model"]["w"], torch.zeros(1))
 
 
 def test_a_sweep_of_no_jobs_says_so(tmp_path):
