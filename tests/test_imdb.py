@@ -184,3 +184,13 @@ def test_a_subset_larger_than_the_split_uses_it_all_and_says_so(cache, caplog):
     task = small_task(cache, train_size=10**6)
     assert len(task.train_reviews) == len(small_task(cache).train_reviews)
     assert f"task.train_size=1000000: the train split has only {len(task.train_reviews)} reviews" in caplog.text
+
+
+def test_the_test_subset_does_not_depend_on_the_train_subset(cache):
+    every_train_review = small_task(cache, test_size=20)
+    fewer_train_reviews = small_task(cache, test_size=20, train_size=50)
+    assert len(fewer_train_reviews.train_reviews) == 50 and len(fewer_train_reviews.test_reviews) == 20
+    for a, b in zip(every_train_review.test_reviews, fewer_train_reviews.test_reviews, strict=True):
+        assert torch.equal(a, b)
+    other_seed = small_task(cache, test_size=20, seed=1)
+    assert any(not torch.equal(a, b) for a, b in zip(every_train_review.test_reviews, other_seed.test_reviews))

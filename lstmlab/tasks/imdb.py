@@ -73,11 +73,10 @@ class ImdbTask(Task):
         corpus = load_imdb(data_path, tokenizer=tokenizer, cache_dir=cache_dir, download=download, progress=progress)
         _check_every_review_has_tokens(corpus, data_path)
         self.vocab = build_vocab(corpus, max_size=vocab_size, min_freq=min_freq)
-        generator = torch.Generator().manual_seed(seed)
         self.train_reviews, self.train_targets = _encoded(corpus, "train", self.vocab, max_length, truncate,
-                                                          train_size, generator)
+                                                          train_size, _subset_generator(seed, "train"))
         self.test_reviews, self.test_targets = _encoded(corpus, "test", self.vocab, max_length, truncate,
-                                                        test_size, generator)
+                                                        test_size, _subset_generator(seed, "test"))
         self.train_lengths = torch.tensor([len(r) for r in self.train_reviews])
         self.test_lengths = torch.tensor([len(r) for r in self.test_reviews])
         self._check_not_empty(data_path)
@@ -163,6 +162,12 @@ def _check_every_review_has_tokens(corpus: ImdbCorpus, data_path) -> None:
         if index is not None:
             raise DataError(f"{data_path}: review {corpus.review_name(split, index)} has no tokens; "
                             "every review needs at least one token")
+
+
+def _subset_generator(seed: int, split: str) -> torch.Generator:
+    """Each split's subsets from a generator of its own: the test reviews a run scores depend on
+    the seed and ``test_size`` only, so runs that differ in ``train_size`` share a test set."""
+    return torch.Generator().manual_seed(seed * len(SPLITS) + SPLITS.index(split))
 
 
 def _encoded(corpus, split, vocab, max_length, truncate, size, generator) -> tuple[list[Tensor], Tensor]:

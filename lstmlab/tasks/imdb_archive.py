@@ -26,7 +26,6 @@ import http.client
 import itertools
 import json
 import os
-import re
 import tarfile
 import urllib.error
 import urllib.request
@@ -265,33 +264,6 @@ def _check_download(
         raise DataError(f"{dest}: download of {url} gave {size:,} bytes, expected {expected_size:,}; nothing saved")
     if expected_sha256 is not None and sha256 != expected_sha256:
         raise DataError(f"{dest}: download of {url} has sha256 {sha256}, expected {expected_sha256}; nothing saved")
-
-
-def safe_extract(archive: str | os.PathLike, target: str | os.PathLike) -> Path:
-    """Extract a tarball into ``target``, refusing members that would land outside it.
-
-    Absolute paths, ``..`` components and links pointing outside raise :class:`DataError`
-    before anything is written; tarfile's "data" filter is applied on top.
-    """
-    archive, target = Path(archive), Path(target).resolve()
-    try:
-        with tarfile.open(archive, "r:*") as tar:
-            members = tar.getmembers()
-            for member in members:
-                _check_member(archive, member)
-            target.mkdir(parents=True, exist_ok=True)
-            tar.extractall(target, members=members, filter="data")
-    except (tarfile.TarError, EOFError, zlib.error) as exc:
-        raise DataError(f"{archive}: cannot extract, expected a safe and complete tarball ({exc})") from None
-    return target
-
-
-def _check_member(archive: Path, member: tarfile.TarInfo) -> None:
-    """Reject absolute paths and ``..`` in a member's name or link target."""
-    names = [member.name] + ([member.linkname] if member.issym() or member.islnk() else [])
-    for name in names:
-        if name.startswith(("/", "\\")) or os.path.isabs(name) or ".." in re.split(r"[/\\]", name):
-            raise DataError(f"{archive}: unsafe member {member.name!r}; expected relative paths inside the archive")
 
 
 # --------------------------------------------------------------------------- cache
