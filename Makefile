@@ -68,8 +68,11 @@ sweep-hidden: $(STAMP)
 # data/aclImdb_v1.tar.gz is downloaded (GloVe: put glove.6B.100d.txt or glove.6B.zip in data/).
 IMDB_DATA  ?= ../shared/data/imdb/aclImdb_v1_labeled.tar.gz
 GLOVE_DATA ?= ../shared/data/glove/glove.6B.100d.imdb.txt.gz
-IMDB_ARGS   = $(if $(wildcard $(IMDB_DATA)),task.data_path=$(IMDB_DATA))
-GLOVE_ARGS  = $(if $(wildcard $(GLOVE_DATA)),task.glove_path=$(GLOVE_DATA))
+# a path you give (IMDB_DATA=... on the command line or in the environment) is always passed on,
+# so a mistyped one fails naming it; the defaults only where they exist
+given_or_present = $(or $(wildcard $($(1))),$(filter-out file,$(origin $(1))))
+IMDB_ARGS   = $(if $(call given_or_present,IMDB_DATA),task.data_path=$(IMDB_DATA))
+GLOVE_ARGS  = $(if $(call given_or_present,GLOVE_DATA),task.glove_path=$(GLOVE_DATA))
 
 # the CPU setup: >= 87% on the full official test split on 2 CPU cores
 imdb: $(STAMP)

@@ -150,6 +150,15 @@ def read_torch_file(path: Path | str, what: str) -> Any:
         raise LabError(f"{path}: not a readable {what}: {first_line(exc)[:200]}") from None
 
 
+def best_value(path: Path | str) -> float | None:
+    """The best value of the monitored metric a checkpoint recorded; None if it has none or is unreadable."""
+    try:
+        payload = read_torch_file(path, "checkpoint")
+    except LabError:
+        return None
+    return payload.get("best") if isinstance(payload, dict) else None
+
+
 def _unreadable(path: Path) -> str | None:
     """Why a file cannot be what torch.save wrote (a zip archive), or None."""
     with path.open("rb") as f:

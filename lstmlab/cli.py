@@ -102,7 +102,8 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> d
     about = {"params": params, "device": str(trainer.device), "threads": torch.get_num_threads(),
              "monitor": monitor, "monitor_mode": mode}
     recorder = RunRecorder(run_dir, config=config, history=resumed.history if resumed else (), monitor=monitor,
-                           kept=_files_gone_on_from(resumed, run_dir, best_restarts))
+                           kept=_files_gone_on_from(resumed, run_dir, best_restarts),
+                           carried=_best_carried_over(resumed, run_dir, best_restarts))
     if resumed:
         log.info("resuming from %s after epoch %d", resumed.path, resumed.state.epoch)
     stopped = _Stopped(recorder, config, about, resumed, overrides or [])
@@ -165,6 +166,17 @@ def _files_gone_on_from(resumed: checkpoint.Checkpoint | None, run_dir: Path, be
     if resumed is None or resumed.path.parent.resolve() != run_dir.resolve():
         return ()
     return (checkpoint.LAST_FILE, METRICS_FILE) + (() if best_restarts else (checkpoint.BEST_FILE,))
+
+
+def _best_carried_over(resumed: checkpoint.Checkpoint | None, run_dir: Path, best_restarts: bool) -> dict[str, Path]:
+    """When a run resumes a checkpoint of another directory: that directory's best.pt (or the
+    checkpoint itself, if it is one) when it holds the best so far, to copy into ``run_dir``."""
+    if resumed is None or best_restarts or resumed.path.parent.resolve() == run_dir.resolve():
+        return {}
+    best = resumed.path if resumed.path.name == checkpoint.BEST_FILE else resumed.path.parent / checkpoint.BEST_FILE
+    if best.is_file() and checkpoint.best_value(best) == resumed.state.best:
+        return {checkpoint.BEST_FILE: best}
+    return {}
 
 
 @contextlib.contextmanager

@@ -33,6 +33,14 @@ def one_line(exc: BaseException) -> str:
         if expected:
             return f"{cause.full_key}={cause.value}: expected {expected}"
         return f"{cause.full_key}: {message}"
+    return _with_its_reason(exc)
+
+
+def _with_its_reason(exc: BaseException) -> str:
+    """The first line, and the next one when the first only announces it ("...while composing config:")."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].endswith(":"):
+        return f"{lines[0]} {lines[1]}"
     return first_line(exc)
 
 

@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .errors import LabError, first_line
+from .errors import LabError, first_line, one_line
 from .files import atomic_write_bytes
 from .plots import epochs_with_values, new_figure, save_png
 from .results import METRICS_FILE, RESULT_FILE, RESULTS_FILE, RUN_COLUMNS, atomic_write_csv
@@ -398,7 +398,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description="Compare sweeps and runs: mean ± std over seeds per setting of the swept keys.",
     )
     parser.add_argument("paths", nargs="+", metavar="PATH", help="sweep or run directories, or results.csv files")
-    parser.add_argument("--over", default="seed", help="keys averaged over, comma-separated (default: seed)")
+    parser.add_argument("--over", default=None, help="keys averaged over, comma-separated (default: seed)")
     parser.add_argument("--metrics", default=None, help="metric columns to show, comma-separated (default: all)")
     parser.add_argument("--out", default=None, help="output prefix (default: PATH/report for the first PATH)")
     parser.add_argument("--plot", action="store_true", help="also write PREFIX.png")
@@ -407,9 +407,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    over = args.over.split(",")
+    over = args.over.split(",") if args.over else ["seed"]
     try:
         frame = load(args.paths)
+        if args.over:
+            _check_keys_exist(over, frame)
         asked = args.metrics.split(",") if args.metrics else []
         summary, keys, metrics = summarise(frame, over=over, metrics=asked or None)
         _check_metrics_exist(asked, metrics, frame, over)
@@ -419,14 +421,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     cells = format_frame(summary, keys, metrics)
     print(to_text(cells))
     prefix = Path(args.out) if args.out else _default_prefix(Path(args.paths[0]))
+    try:
+        written = _write_report(prefix, frame, summary, cells, keys, metrics, args.plot)
+    except OSError as exc:
+        print(f"lstmlab-report: error: {one_line(exc)} (writing the report; --out sets where)", file=sys.stderr)
+        return 2
+    print("wrote " + ", ".join(map(str, written)))
+    return 0
+
+
+def _write_report(prefix: Path, frame, summary, cells, keys, metrics, with_plot: bool) -> list[Path]:
+    """PREFIX.csv, PREFIX.md and (``with_plot``) PREFIX.png; the paths written."""
     atomic_write_csv(Path(f"{prefix}.csv"), summary)
     atomic_write_bytes(Path(f"{prefix}.md"), to_markdown(cells).encode())
     written = [Path(f"{prefix}.csv"), Path(f"{prefix}.md")]
     monitor = monitor_of(frame)[0] or (metrics[0] if metrics else None)
-    if args.plot and monitor:
+    if with_plot and monitor:
         written.append(plot(frame, summary, keys, monitor, Path(f"{prefix}.png")))
-    print("wrote " + ", ".join(map(str, written)))
-    return 0
+    return written
+
+
+def _check_keys_exist(over: Sequence[str], frame: pd.DataFrame) -> None:
+    """--over names a key that is in none of the runs' configs: say so, rather than group by the rest."""
+    unknown = [key for key in over if key not in frame.columns]
+    if unknown:
+        raise LabError(f"--over: no key {', '.join(unknown)} in these runs' configs; expected config keys "
+                       "such as seed or model.hidden_size")
 
 
 def _check_metrics_exist(asked: Sequence[str], shown: Sequence[str], frame: pd.DataFrame, over) -> None:

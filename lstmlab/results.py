@@ -149,9 +149,12 @@ class RunRecorder:
         history: list[dict] | tuple = (),
         monitor: str | None = None,
         kept: tuple[str, ...] = (),
+        carried: Mapping[str, Path] | None = None,
     ) -> None:
         """``history``: the rows of the epochs a resumed run has already done (empty for a new run).
-        ``kept``: files in ``run_dir`` this run goes on from (see :data:`EARLIER_RUN_FILES`)."""
+        ``kept``: files in ``run_dir`` this run goes on from (see :data:`EARLIER_RUN_FILES`).
+        ``carried``: files of another directory this run goes on from, copied in by its first
+        write under the given names (a run resumed elsewhere keeps the best.pt of its epochs)."""
         self.run_dir = Path(run_dir)
         self.rows: list[dict] = [dict(row) for row in history]
         self.flush_seconds = flush_seconds
@@ -160,6 +163,7 @@ class RunRecorder:
         self.checkpoint_epoch = self.rows[-1]["epoch"] if self.rows else 0
         self.saved_checkpoint: Path | None = None  # this run's last.pt, once written
         self._kept = kept
+        self._carried = dict(carried or {})
         self._earlier_removed = False
         self._last_flush = 0.0
 
@@ -194,6 +198,8 @@ class RunRecorder:
             return
         self._earlier_removed = True
         self._remove(name for name in run_files(self.run_dir) if name not in self._kept)
+        for name, source in self._carried.items():
+            atomic_write_bytes(self.run_dir / name, Path(source).read_bytes())
 
     def _remove(self, names: Iterable[str]) -> None:
         for name in names:

@@ -213,7 +213,12 @@ class Trainer:
                 raise
             if self.grad_clip:
                 nn.utils.clip_grad_norm_(net.parameters(), self.grad_clip)
-            optimizer.step()
+            try:
+                optimizer.step()
+            except RuntimeError as exc:  # an update too large for float32 (e.g. Adam's first step is 10·lr)
+                if "overflow" not in str(exc):
+                    raise
+                raise Diverged(epoch, step + steps + 1, f"the optimizer's update overflowed ({first_line(exc)})") from exc
             total += value
             steps += 1
             bar.update(1)

@@ -59,6 +59,7 @@ CASES = {
     "task": [
         Case("unknown-option", adder("task=nope"), "task=nope"),
         Case("unknown-key", adder("task.nope=1"), "task.nope"),
+        Case("experiment-for-another-task", ["experiment=imdb_cpu", "task=adder"], "Key 'vocab_size' not in 'AdderConf'"),
         Case("wrong-type", adder("task.train_size=many"), "task.train_size"),
         Case("wrong-type-float", adder("task.train_size=1.5"), "task.train_size"),
         Case("zero-size", adder("task.train_size=0"), "task.train_size"),

@@ -307,3 +307,17 @@ def test_a_ctrl_c_before_training_is_in_the_runs_log(tmp_path, in_process, monke
     code, stderr = in_process(*TINY, f"hydra.run.dir={tmp_path / 'run'}")
     assert code == 130 and stderr.strip() == "lstmlab: interrupted before training started"
     assert (tmp_path / "run" / "cli.log").read_text().splitlines()[-1].endswith("interrupted before training started")
+
+
+def test_a_run_resumed_into_another_directory_keeps_the_best_pt_of_its_epochs(tmp_path):
+    """Its later epochs do not beat the best so far (lr 1e-30: the weights stay put), so it never
+    writes a best.pt of its own: the one it goes on from comes along."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    proc = lstmlab(*TINY, "trainer.max_epochs=1", f"hydra.run.dir={first}")
+    assert proc.returncode == 0, proc.stderr
+    proc = lstmlab(*TINY, "trainer.max_epochs=2", "trainer.optimizer.lr=1e-30",
+                   f"trainer.resume={first / 'last.pt'}", f"hydra.run.dir={second}")
+    assert proc.returncode == 0, proc.stderr
+    assert pd.read_csv(second / "metrics.csv")["epoch"].tolist() == [1, 2]
+    assert (second / "best.pt").read_bytes() == (first / "best.pt").read_bytes()
+    assert checkpoint.load(second / "best.pt").state.epoch == 1

@@ -60,7 +60,7 @@ def test_glove_covers_part_of_the_imdb_vocabulary_and_random_rows_are_seeded(cor
 def test_glove_errors_name_the_file_and_line(tmp_path):
     bad = tmp_path / "glove.6B.3d.txt"
     bad.write_text("the 0.1 0.2 0.3\nmovie 0.1 0.2\n")
-    with pytest.raises(DataError, match=rf"{bad}: line 2 has 2 numbers after the word, expected 3"):
+    with pytest.raises(DataError, match=rf"{bad}: line 2 has 2 values after its first word, expected a GloVe line: a word and 3 numbers"):
         load_glove(bad, ["the"], dim=3)
     bad.write_text("the 0.1 x 0.3\n")
     with pytest.raises(DataError, match="line 1 has a value that is not a number"):

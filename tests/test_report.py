@@ -271,3 +271,19 @@ def test_a_results_csv_whose_jobs_all_finished_shows_no_error_column(tmp_path):
     frame.to_csv(tmp_path / "results.csv", index=False)
     summary, _, metrics = summarise(pd.read_csv(tmp_path / "results.csv"))
     assert "error" not in metrics and "dir" not in metrics and "job" not in metrics
+
+
+def test_an_over_key_no_run_has_is_refused(tmp_path, capsys):
+    sweep_frame().to_csv(tmp_path / "results.csv", index=False)
+    assert main([str(tmp_path / "results.csv"), "--over", "sede"]) == 2
+    assert capsys.readouterr().err.startswith("lstmlab-report: error: --over: no key sede in these runs' configs")
+    assert not (tmp_path / "report.csv").exists()
+    assert main([str(tmp_path / "results.csv"), "--over", "seed"]) == 0
+
+
+def test_a_report_that_cannot_be_written_is_one_line(tmp_path, capsys):
+    sweep_frame().to_csv(tmp_path / "results.csv", index=False)
+    (tmp_path / "a_file").write_text("")
+    assert main([str(tmp_path / "results.csv"), "--out", str(tmp_path / "a_file" / "report")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lstmlab-report: error: ") and err.count("\n") == 1 and "a_file" in err

@@ -9,7 +9,7 @@ import torch
 from lstmlab.errors import LabError
 from lstmlab.models import HandLSTM, SequenceModel
 from lstmlab.tasks.adder import AdderTask
-from lstmlab.trainer import Trainer, resolve_device
+from lstmlab.trainer import Diverged, Trainer, resolve_device
 
 ADAM = functools.partial(torch.optim.Adam, lr=0.03)
 
@@ -135,3 +135,11 @@ def test_eval_every_evaluates_every_nth_and_always_the_last_epoch():
     fit = trainer.fit(tiny_adder_net(task), task, on_epoch=rows.append)
     assert ["test_acc" in row for row in rows] == [False, True, True]
     assert "exhaustive_acc" in fit.metrics
+
+
+def test_an_update_too_large_for_float32_is_a_divergence_not_a_crash():
+    """Adam's first step is 10·lr: an lr float32 holds can still overflow it."""
+    task = AdderTask(train_size=200, test_size=100, eval_bits=[])
+    trainer = Trainer(functools.partial(torch.optim.Adam, lr=1e38), device="cpu", max_epochs=2, progress=False)
+    with pytest.raises(Diverged, match="the optimizer's update overflowed"):
+        trainer.fit(tiny_adder_net(task), task)

@@ -85,7 +85,8 @@ def _glove_vectors(path: Path, index: dict[str, int], dim: int) -> Iterator[tupl
                 continue
             lines_read += 1
             if rest.count(" ") != dim - 1 and len(rest.split()) != dim:
-                raise DataError(f"{path}: line {number} has {len(rest.split())} numbers after the word, expected {dim}")
+                raise DataError(f"{path}: line {number} has {len(rest.split())} values after its first word, "
+                                f"expected a GloVe line: a word and {dim} numbers")
             if word in index:
                 yield index[word], _parse_vector(path, number, rest)
     if lines_read == 0:
