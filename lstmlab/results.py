@@ -48,9 +48,10 @@ RESULT_FILES = (RESULT_FILE, MODEL_FILE, TRACEBACK_FILE)  # what a run writes wh
 FIGURES = "*.png"  # CURVES_FILE and the task's own figures (lstmlab/plots.py), e.g. prediction.png
 #: all a run leaves in its directory (and its FIGURES), which a later run in the same directory replaces
 EARLIER_RUN_FILES = RESULT_FILES + (METRICS_FILE, checkpoint.LAST_FILE, checkpoint.BEST_FILE)
-
-
 COMMAND_COLUMNS = ("overrides", "choices")  # result.csv's first columns: the command that made it
+BOOKKEEPING = EPOCH_COLUMNS[:3]  # the ones that are not metrics
+RUN_COLUMNS = ("epochs", "stop_reason", "params", "train_seconds", "device", "threads", "monitor",
+               "monitor_mode", "status")  # result.csv's last columns
 
 
 def hydra_record(run_dir: Path | str, name: str) -> Any:
@@ -82,9 +83,6 @@ def run_files(run_dir: Path | str) -> list[str]:
     run_dir = Path(run_dir)
     named = [name for name in EARLIER_RUN_FILES if (run_dir / name).is_file()]
     return named + sorted(path.name for path in run_dir.glob(FIGURES))
-BOOKKEEPING = EPOCH_COLUMNS[:3]  # the ones that are not metrics
-RUN_COLUMNS = ("epochs", "stop_reason", "params", "train_seconds", "device", "threads", "monitor",
-               "monitor_mode", "status")  # result.csv's last columns
 
 
 def run_summary(last_row: Mapping, *, epochs: int, stop_reason: str, train_seconds: float, status: str,
