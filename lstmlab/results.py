@@ -155,6 +155,7 @@ class RunRecorder:
         write under the given names (a run resumed elsewhere keeps the best.pt of its epochs)."""
         self.run_dir = Path(run_dir)
         self.rows: list[dict] = [dict(row) for row in history]
+        self._row_lines = [checkpoint.history_line(row) for row in self.rows]  # as every checkpoint holds them
         self.flush_seconds = flush_seconds
         self.config = dict(config or {})
         self.monitor = monitor
@@ -168,6 +169,7 @@ class RunRecorder:
     def add_epoch(self, row: dict) -> None:
         """Keeps the row; rewrites metrics.csv at most every ``flush_seconds`` (and on finish)."""
         self.rows.append(dict(row))
+        self._row_lines.append(checkpoint.history_line(row))
         if time.monotonic() - self._last_flush >= self.flush_seconds:
             self.flush_metrics()
 
@@ -180,7 +182,7 @@ class RunRecorder:
         """Records the epoch's row and saves ``last.pt`` (and ``best.pt`` if it improved)."""
         self._remove_earlier_results()
         self.add_epoch(state.row)
-        data = torch_bytes(checkpoint.to_payload(state, self.config, self.rows, self.monitor))
+        data = torch_bytes(checkpoint.to_payload(state, self.config, self._row_lines, self.monitor))
         atomic_write_bytes(self.run_dir / checkpoint.LAST_FILE, data)
         if state.improved:
             atomic_write_bytes(self.run_dir / checkpoint.BEST_FILE, data)

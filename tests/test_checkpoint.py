@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 import os
 import random
 import re
@@ -321,3 +322,30 @@ def test_a_run_resumed_into_another_directory_keeps_the_best_pt_of_its_epochs(tm
     assert pd.read_csv(second / "metrics.csv")["epoch"].tolist() == [1, 2]
     assert (second / "best.pt").read_bytes() == (first / "best.pt").read_bytes()
     assert checkpoint.load(second / "best.pt").state.epoch == 1
+
+
+def _saved(tmp_path, payload) -> Path:
+    path = tmp_path / "last.pt"
+    torch.save(payload, path)
+    return path
+
+
+def test_the_metric_rows_come_back_from_a_checkpoint_as_they_went_in(tmp_path):
+    rows = [{"epoch": 1, "step": 10, "seconds": 0.25, "train_loss": 0.5, "test_acc": float("nan")},
+            {"epoch": 2, "step": 20, "seconds": 0.5, "train_loss": 1 / 3, "test_acc": 0.875}]
+    state = checkpoint.TrainState(epoch=2, step=20, seconds=0.5, best=0.875, improved=True, row=rows[-1],
+                                  model={"w": torch.ones(2)}, optimizer={}, rng={})
+    payload = checkpoint.to_payload(state, {"seed": 0}, rows, "test_acc")
+    assert isinstance(payload["history"], str)  # one object for torch.save to pickle, however long the run
+    loaded = checkpoint.load(_saved(tmp_path, payload)).history
+    assert [type(v) for v in loaded[0].values()] == [int, int, float, float, float]
+    assert math.isnan(loaded[0].pop("test_acc")) and loaded == [{k: v for k, v in rows[0].items() if k != "test_acc"},
+                                                                 rows[1]]
+
+
+def test_a_checkpoint_of_format_1_still_loads(tmp_path):
+    rows = [{"epoch": 1, "step": 10, "seconds": 0.25, "train_loss": 0.5}]
+    state = checkpoint.TrainState(epoch=1, step=10, seconds=0.25, best=None, improved=False, row=rows[-1],
+                                  model={"w": torch.ones(2)}, optimizer={}, rng={})
+    payload = checkpoint.to_payload(state, {"seed": 0}, rows, None) | {"version": 1, "history": rows}
+    assert checkpoint.load(_saved(tmp_path, payload)).history == rows
