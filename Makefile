@@ -69,8 +69,8 @@ sweep-hidden: $(STAMP)
 IMDB_DATA  ?= ../shared/data/imdb/aclImdb_v1_labeled.tar.gz
 GLOVE_DATA ?= ../shared/data/glove/glove.6B.100d.imdb.txt.gz
 # a path you give (IMDB_DATA=... on the command line or in the environment) is always passed on,
-# so a mistyped one fails naming it; the defaults only where they exist
-given_or_present = $(or $(wildcard $($(1))),$(filter-out file,$(origin $(1))))
+# so a mistyped one fails naming it; the defaults only where they exist; an empty one, never
+given_or_present = $(and $(strip $($(1))),$(or $(wildcard $($(1))),$(filter-out file,$(origin $(1)))))
 IMDB_ARGS   = $(if $(call given_or_present,IMDB_DATA),task.data_path=$(IMDB_DATA))
 GLOVE_ARGS  = $(if $(call given_or_present,GLOVE_DATA),task.glove_path=$(GLOVE_DATA))
 

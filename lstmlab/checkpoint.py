@@ -89,9 +89,8 @@ class TrainState:
     def capture(cls, net: nn.Module, optimizer: torch.optim.Optimizer, data_order: torch.Generator,
                 **progress) -> "TrainState":
         # copies: on the CPU .cpu() and state_dict() hand back the live tensors, which training goes on changing
-        model = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
-        optimizer_state = copy.deepcopy(optimizer.state_dict())
-        return cls(model=model, optimizer=optimizer_state, rng=capture_rng(data_order), **progress)
+        return cls(model=_cpu_copy(net.state_dict()), optimizer=_cpu_copy(optimizer.state_dict()),
+                   rng=capture_rng(data_order), **progress)
 
     def restore(self, net: nn.Module, optimizer: torch.optim.Optimizer, data_order: torch.Generator) -> None:
         """Loads the weights and optimizer state; the optimizer keeps its configured settings."""
@@ -106,6 +105,17 @@ class TrainState:
 def history_line(row: Mapping) -> str:
     """One metric row as a checkpoint keeps it: a JSON line (NaN for a metric not evaluated)."""
     return json.dumps(dict(row), default=float)
+
+
+def _cpu_copy(value: Any) -> Any:
+    """A copy of nested dicts, lists and tuples with every tensor copied to the CPU."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: _cpu_copy(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_cpu_copy(v) for v in value)
+    return copy.copy(value)
 
 
 def to_payload(state: TrainState, config: Mapping, history: list[dict] | list[str], monitor: str | None) -> dict:
@@ -159,15 +169,6 @@ def read_torch_file(path: Path | str, what: str) -> Any:
                        "(refused by torch.load(weights_only=True))") from None
     except (RuntimeError, EOFError, ValueError, OSError) as exc:
         raise LabError(f"{path}: not a readable {what}: {first_line(exc)[:200]}") from None
-
-
-def best_value(path: Path | str) -> float | None:
-    """The best value of the monitored metric a checkpoint recorded; None if it has none or is unreadable."""
-    try:
-        payload = read_torch_file(path, "checkpoint")
-    except LabError:
-        return None
-    return payload.get("best") if isinstance(payload, dict) else None
 
 
 def _unreadable(path: Path) -> str | None:

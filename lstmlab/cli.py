@@ -80,7 +80,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> d
 
     ``trainer.resume`` goes on from a checkpoint. On Ctrl-C or SIGTERM the finished epochs are
     kept, result.csv says ``status=interrupted`` and the interrupt is raised again; a NaN or
-    infinite loss ends the run with ``status=diverged``. ``overrides`` (the command line's)
+    infinite loss, or an update that overflows float32, ends the run with ``status=diverged``. ``overrides`` (the command line's)
     only serve to print the command that resumes the run.
     """
     validate(cfg)
@@ -130,16 +130,17 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> d
     return summary
 
 
-def _write_finished(recorder: RunRecorder, fit, about: dict, net, plot: Callable[[], None]) -> dict:
+def _write_finished(recorder: RunRecorder, fit, about: dict, net, plot: Callable[[], list[str]]) -> dict:
     """model.pt, metrics.csv, the plots and, last, result.csv of a finished run; its summary.
     A signal meanwhile waits until all are written."""
     try:
         with interrupts.deferred():
             recorder.save_model(net.state_dict())
             recorder.flush_metrics()
-            plot()
+            figures = plot()
             summary = run_summary(fit.metrics, epochs=fit.epochs, stop_reason=fit.stop_reason,
-                                  train_seconds=fit.train_seconds, status="finished", about=about)
+                                  train_seconds=fit.train_seconds, status="finished",
+                                  about=about | {"figures": " ".join(figures)})
             recorder.write_result(recorder.config, summary)
     except KeyboardInterrupt as exc:
         _say_of_run(f"interrupted after the run finished; its results are complete in {_shown(recorder.run_dir)}")
@@ -173,10 +174,16 @@ def _best_carried_over(resumed: checkpoint.Checkpoint | None, run_dir: Path, bes
     checkpoint itself, if it is one) when it holds the best so far, to copy into ``run_dir``."""
     if resumed is None or best_restarts or resumed.path.parent.resolve() == run_dir.resolve():
         return {}
-    best = resumed.path if resumed.path.name == checkpoint.BEST_FILE else resumed.path.parent / checkpoint.BEST_FILE
-    if best.is_file() and checkpoint.best_value(best) == resumed.state.best:
-        return {checkpoint.BEST_FILE: best}
-    return {}
+    path = resumed.path if resumed.path.name == checkpoint.BEST_FILE else resumed.path.parent / checkpoint.BEST_FILE
+    if resumed.state.best is None or not path.is_file():
+        return {}
+    try:
+        best = checkpoint.load(path)
+    except LabError:
+        return {}
+    as_lines = lambda rows: [checkpoint.history_line(row) for row in rows]  # noqa: E731 - NaN equals NaN there
+    ours = as_lines(best.history) == as_lines(resumed.history[: len(best.history)])  # an epoch it goes on from
+    return {checkpoint.BEST_FILE: path} if ours and best.state.best == resumed.state.best else {}
 
 
 @contextlib.contextmanager
@@ -279,15 +286,18 @@ def _to_run_log(message: str) -> None:
 _DIVERGED: list[Path] = []  # run directories whose training diverged (main() exits 1)
 
 
-def write_plots(run_dir: Path, task, predict) -> None:
-    """curves.png and the task's figures; a plotting failure is logged and does not fail the run."""
+def write_plots(run_dir: Path, task, predict) -> list[str]:
+    """curves.png and the task's figures; the names of those drawn. A plotting failure is
+    logged and does not fail the run."""
     from . import plots  # matplotlib is imported only once a run has trained
 
+    drawn: list[Path | None] = []
     try:
-        plots.write_curves(run_dir)
-        plots.write_figures(run_dir, task.figures(predict))
+        drawn.append(plots.write_curves(run_dir))
+        drawn.extend(plots.write_figures(run_dir, task.figures(predict)))
     except Exception:  # noqa: BLE001 - the trained model and metrics are already written
         log.exception("could not draw the plots of %s", run_dir)
+    return [path.name for path in drawn if path is not None]
 
 
 def _fmt(value) -> str:

@@ -442,8 +442,13 @@ def _write_report(prefix: Path, frame, summary, cells, keys, metrics, with_plot:
 
 
 def _check_keys_exist(over: Sequence[str], frame: pd.DataFrame) -> None:
-    """--over names a key that is in none of the runs' configs: say so, rather than group by the rest."""
-    unknown = [key for key in over if key not in frame.columns]
+    """--over names a key that is in none of the runs' configs, overrides or config-group choices
+    (``model``): say so, rather than group by the rest."""
+    known = set(frame.columns)
+    for column in ("overrides", "choices"):
+        for text in frame.get(column, []):
+            known.update(parse_overrides(text))
+    unknown = [key for key in over if key not in known]
     if unknown:
         raise LabError(f"--over: no key {', '.join(unknown)} in these runs' configs; expected config keys "
                        "such as seed or model.hidden_size")

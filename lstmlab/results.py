@@ -9,7 +9,7 @@ A run directory holds:
   ``choices``, from Hydra's ``.hydra/``), the resolved config flattened to dotted columns
   (``model.hidden_size``, ...; :func:`lstmlab.config_keys.flatten_config`), then the final metrics, then ``RUN_COLUMNS`` (``epochs``,
   ``stop_reason``, ``params``, ``train_seconds``, ``device``, ``threads``, ``monitor``,
-  ``monitor_mode``, ``status``); see :func:`run_summary`. It is written last; ``status`` says
+  ``monitor_mode``, ``figures``, ``status``); see :func:`run_summary`. It is written last; ``status`` says
   how the run ended (finished, interrupted, diverged, failed).
 - ``model.pt``: the trained state_dict (``torch.load(path, weights_only=True)``).
 - ``last.pt``: a checkpoint at the end of every epoch, to resume from (``trainer.resume``);
@@ -45,13 +45,13 @@ TRACEBACK_FILE = "traceback.txt"
 CURVES_FILE = "curves.png"  # drawn from metrics.csv by lstmlab/plots.py
 
 RESULT_FILES = (RESULT_FILE, MODEL_FILE, TRACEBACK_FILE)  # what a run writes when it ends
-FIGURES = "*.png"  # CURVES_FILE and the task's own figures (lstmlab/plots.py), e.g. prediction.png
-#: all a run leaves in its directory (and its FIGURES), which a later run in the same directory replaces
+#: all a run leaves in its directory, with CURVES_FILE and the figures its result.csv lists (a
+#: task's own, e.g. prediction.png), which a later run in the same directory replaces
 EARLIER_RUN_FILES = RESULT_FILES + (METRICS_FILE, checkpoint.LAST_FILE, checkpoint.BEST_FILE)
 COMMAND_COLUMNS = ("overrides", "choices")  # result.csv's first columns: the command that made it
 BOOKKEEPING = EPOCH_COLUMNS[:3]  # the ones that are not metrics
 RUN_COLUMNS = ("epochs", "stop_reason", "params", "train_seconds", "device", "threads", "monitor",
-               "monitor_mode", "status")  # result.csv's last columns
+               "monitor_mode", "figures", "status")  # result.csv's last columns; figures: the PNGs it drew
 
 
 def hydra_record(run_dir: Path | str, name: str) -> Any:
@@ -79,19 +79,21 @@ def command_of(run_dir: Path | str) -> dict[str, str]:
 
 
 def run_files(run_dir: Path | str) -> list[str]:
-    """The names of the files a run leaves that are in ``run_dir`` now: EARLIER_RUN_FILES, FIGURES."""
+    """The names of the files a run left in ``run_dir`` that are there now: EARLIER_RUN_FILES,
+    CURVES_FILE and the figures its result.csv lists (no other file: a report, your own)."""
     run_dir = Path(run_dir)
-    named = [name for name in EARLIER_RUN_FILES if (run_dir / name).is_file()]
-    return named + sorted(path.name for path in run_dir.glob(FIGURES))
+    figures = ((stored_as_text(run_dir) or {}).get("figures") or "").split()
+    names = dict.fromkeys([*EARLIER_RUN_FILES, CURVES_FILE, *figures])
+    return [name for name in names if "/" not in name and (run_dir / name).is_file()]
 
 
 def run_summary(last_row: Mapping, *, epochs: int, stop_reason: str, train_seconds: float, status: str,
                 about: Mapping) -> dict:
     """result.csv's columns after the config: the last epoch's metrics, then RUN_COLUMNS
-    (``about`` gives params, device, threads, monitor and monitor_mode)."""
+    (``about`` gives params, device, threads, monitor, monitor_mode and, drawn, figures)."""
     metrics = {k: v for k, v in last_row.items() if k not in BOOKKEEPING}
     run = {"epochs": epochs, "stop_reason": stop_reason, "train_seconds": round(train_seconds, 3),
-           "status": status, **about}
+           "figures": "", "status": status, **about}
     return metrics | {column: run[column] for column in RUN_COLUMNS}
 
 

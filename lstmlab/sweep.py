@@ -80,11 +80,21 @@ def run_job(cfg: DictConfig, run_dir: Path, train: Callable[[DictConfig, Path], 
     except Exception as exc:  # noqa: BLE001 - a failed job is recorded, the sweep goes on
         error = describe(exc)
         log.error("job failed: %s (traceback in %s)", error, run_dir / "traceback.txt")
-        gone_on_from = (LAST_FILE, METRICS_FILE, BEST_FILE) if epoch is not None else ()
+        gone_on_from = (LAST_FILE, METRICS_FILE, BEST_FILE) if _resumes_from(cfg, run_dir) else ()
         untouched = [name for name, stamp in found.items()
                      if name not in gone_on_from and _file_stamps(run_dir).get(name) == stamp]
         RunRecorder(run_dir).write_failed(config, error, traceback.format_exc(), earlier=untouched)
         return None  # not a number: Optuna records a failed trial and goes on
+
+
+def _resumes_from(cfg: DictConfig, run_dir: Path) -> bool:
+    """Whether the job goes on from a checkpoint in ``run_dir`` (this module's resume, or its own
+    ``trainer.resume``)."""
+    resume = cfg.trainer.get("resume")
+    if not resume:
+        return False
+    path = Path(str(resume)).expanduser()
+    return (path if path.is_dir() else path.parent).resolve() == run_dir.resolve()
 
 
 def _file_stamps(run_dir: Path) -> dict[str, tuple[int, int]]:

@@ -24,7 +24,8 @@ CheckpointCallback = Callable[[TrainState], None]
 
 
 class Diverged(Exception):
-    """The training loss became NaN or infinite; the weights of that step are not used."""
+    """The training loss became NaN or infinite, or an update overflowed float32; the weights of that
+    step are not used."""
 
     def __init__(self, epoch: int, step: int, detail: str) -> None:
         super().__init__(f"training diverged at epoch {epoch}, step {step}: {detail}")
@@ -118,7 +119,8 @@ class Trainer:
         ``on_epoch(row)`` gets each epoch's metrics row; ``on_checkpoint(state)`` gets the full
         :class:`TrainState` at each epoch's end (to save it); ``start`` is such a state to go
         on from, exactly where it stopped (no further epoch if its last one already meets
-        ``target_metric`` or ``target_loss``). A NaN or infinite loss raises :class:`Diverged`.
+        ``target_metric`` or ``target_loss``). A NaN or infinite loss, or an optimizer update that
+        overflows float32, raises :class:`Diverged`.
         """
         monitor, mode = self.monitor_of(task)
         net.to(self.device)
@@ -215,7 +217,7 @@ class Trainer:
                 nn.utils.clip_grad_norm_(net.parameters(), self.grad_clip)
             try:
                 optimizer.step()
-            except RuntimeError as exc:  # an update too large for float32 (e.g. Adam's first step is 10·lr)
+            except RuntimeError as exc:  # a step too large for float32 (Adam's first step size, lr / (1 - β1), is 10·lr)
                 if "overflow" not in str(exc):
                     raise
                 raise Diverged(epoch, step + steps + 1, f"the optimizer's update overflowed ({first_line(exc)})") from exc

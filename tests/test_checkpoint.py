@@ -270,7 +270,7 @@ def test_metrics_csv_holds_every_saved_epoch_when_a_run_fails(tmp_path, in_proce
 
 
 def test_a_signal_while_a_finished_run_is_written_waits_and_is_reported(tmp_path, in_process, monkeypatch):
-    monkeypatch.setattr(cli, "write_plots", lambda *args: os.kill(os.getpid(), signal.SIGINT))
+    monkeypatch.setattr(cli, "write_plots", lambda *args: os.kill(os.getpid(), signal.SIGINT) or [])
     code, stderr = in_process(*TINY, "trainer.max_epochs=1", f"hydra.run.dir={tmp_path / 'run'}")
     assert code == 130
     assert stderr.strip().splitlines() == [
@@ -325,9 +325,7 @@ def test_a_run_resumed_into_another_directory_keeps_the_best_pt_of_its_epochs(tm
 
 
 def _saved(tmp_path, payload) -> Path:
-    path = tmp_path / "last.pt"
-    torch.save(payload, path)
-    return path
+    return _saved_as(tmp_path / "last.pt", payload)
 
 
 def test_the_metric_rows_come_back_from_a_checkpoint_as_they_went_in(tmp_path):
@@ -349,3 +347,26 @@ def test_a_checkpoint_of_format_1_still_loads(tmp_path):
                                   model={"w": torch.ones(2)}, optimizer={}, rng={})
     payload = checkpoint.to_payload(state, {"seed": 0}, rows, None) | {"version": 1, "history": rows}
     assert checkpoint.load(_saved(tmp_path, payload)).history == rows
+
+
+@pytest.mark.parametrize("best_pt", ["of-its-epochs", "of-another-run", "another-best", "none"])
+def test_only_a_best_pt_of_the_epochs_a_run_goes_on_from_comes_along(tmp_path, best_pt):
+    rows = [{"epoch": 1, "step": 1, "seconds": 0.1, "acc": 0.5}, {"epoch": 2, "step": 2, "seconds": 0.2, "acc": 0.4}]
+
+    def saved(name, history, best):
+        state = checkpoint.TrainState(epoch=len(history), step=len(history), seconds=0.1, best=best, improved=True,
+                                      row=history[-1], model={"w": torch.ones(1)}, optimizer={}, rng={})
+        return _saved_as(tmp_path / "source" / name, checkpoint.to_payload(state, {"seed": 0}, history, "acc"))
+
+    last = saved("last.pt", rows, best=0.5)
+    if best_pt != "none":
+        history = {"of-another-run": [rows[0] | {"acc": 0.5, "seconds": 9.0}]}.get(best_pt, rows[:1])
+        saved("best.pt", history, best=0.6 if best_pt == "another-best" else 0.5)
+    carried = cli._best_carried_over(checkpoint.load(last), tmp_path / "new", best_restarts=False)
+    assert carried == ({"best.pt": tmp_path / "source" / "best.pt"} if best_pt == "of-its-epochs" else {})
+
+
+def _saved_as(path: Path, payload) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(payload, path)
+    return path

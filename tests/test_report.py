@@ -279,6 +279,9 @@ def test_an_over_key_no_run_has_is_refused(tmp_path, capsys):
     assert capsys.readouterr().err.startswith("lstmlab-report: error: --over: no key sede in these runs' configs")
     assert not (tmp_path / "report.csv").exists()
     assert main([str(tmp_path / "results.csv"), "--over", "seed"]) == 0
+    with_groups = sweep_frame().assign(choices="model=hand_lstm task=adder")  # a config group is no column
+    with_groups.to_csv(tmp_path / "results.csv", index=False)
+    assert main([str(tmp_path / "results.csv"), "--over", "seed,model"]) == 0
 
 
 def test_a_report_that_cannot_be_written_is_one_line(tmp_path, capsys):

@@ -12,6 +12,15 @@ from lstmlab.results import EARLIER_RUN_FILES, RunRecorder
 
 # an earlier run's files: all a run writes, with the curves and a task's figure (sin_cos's)
 AN_EARLIER_RUNS_FILES = (*EARLIER_RUN_FILES, "curves.png", "prediction.png")
+NOT_A_RUNS_FILES = ("report.png", "report.md", "my_notes.png")  # lstmlab-report's, and the user's own
+
+
+def _earlier_run_in(run_dir):
+    for name in AN_EARLIER_RUNS_FILES + NOT_A_RUNS_FILES:
+        (run_dir / name).write_text("earlier run")
+    # the earlier run's result.csv lists the figures it drew
+    pd.DataFrame([{"seed": 1, "figures": "curves.png prediction.png", "status": "finished"}]).to_csv(
+        run_dir / "result.csv", index=False)
 
 
 def test_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
@@ -59,22 +68,21 @@ def _epoch_state(epoch: int, improved: bool) -> TrainState:
 def test_an_earlier_runs_files_stay_until_the_first_epoch_is_saved(tmp_path, kept):
     """A run in the directory of an earlier one (same hydra.run.dir): bad input before training
     loses nothing; once an epoch is saved, no file of the earlier run claims to describe it."""
-    for name in AN_EARLIER_RUNS_FILES:
-        (tmp_path / name).write_text("earlier run")
+    _earlier_run_in(tmp_path)
+    before = {name: (tmp_path / name).read_bytes() for name in AN_EARLIER_RUNS_FILES}
     history = [_epoch_state(1, True).row] if kept else []
     recorder = RunRecorder(tmp_path, config={"model": {"hidden_size": 4}}, history=history, kept=kept)
-    assert all((tmp_path / name).read_text() == "earlier run" for name in AN_EARLIER_RUNS_FILES)  # nothing touched yet
+    assert all((tmp_path / name).read_bytes() == data for name, data in before.items())  # nothing touched yet
     recorder.end_epoch(_epoch_state(len(history) + 1, improved=False))
     left = sorted(p.name for p in tmp_path.iterdir())
     # a run resumed in its own directory keeps best.pt: the best of the epochs it goes on from
-    assert left == sorted(["last.pt", "metrics.csv"] + (["best.pt"] if kept else []))
+    assert left == sorted(["last.pt", "metrics.csv", *NOT_A_RUNS_FILES] + (["best.pt"] if kept else []))
 
 
 def test_a_new_run_stopped_before_its_first_epoch_leaves_only_its_result(tmp_path):
-    for name in AN_EARLIER_RUNS_FILES:
-        (tmp_path / name).write_text("earlier run")
+    _earlier_run_in(tmp_path)
     RunRecorder(tmp_path).write_result({"seed": 0}, {"status": "interrupted", "epochs": 0})
-    assert [p.name for p in tmp_path.iterdir()] == ["result.csv"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["result.csv", *NOT_A_RUNS_FILES])
 
 
 def test_a_failed_job_keeps_the_checkpoints_of_its_epochs(tmp_path):

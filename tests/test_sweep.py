@@ -253,7 +253,7 @@ def _earlier_run_in(run_dir):
                                   model={"w": torch.ones(1)}, optimizer={}, rng={}))
     for figure in ("curves.png", "prediction.png"):
         (run_dir / figure).write_bytes(b"earlier run's figure")
-    recorder.write_result({"seed": 1}, {"status": "finished"})
+    recorder.write_result({"seed": 1}, {"figures": "curves.png prediction.png", "status": "finished"})
 
 
 @pytest.mark.parametrize("saves_an_epoch", [False, True], ids=["fails-at-once", "fails-after-an-epoch"])
@@ -275,6 +275,25 @@ def test_a_failed_job_leaves_no_earlier_runs_file_beside_its_record(tmp_path, sa
     if saves_an_epoch:  # this job's epoch, not the earlier run's
         saved = torch.load(tmp_path / "last.pt", weights_only=True)
         assert torch.equal(saved["model"]["w"], torch.zeros(1))
+
+
+@pytest.mark.parametrize("how", ["resumed-by-the-sweep", "resume-in-its-config"])
+def test_a_failed_job_keeps_the_checkpoints_it_went_on_from(tmp_path, how):
+    config = {"seed": 0, "trainer": {"num_threads": 1, "resume": None}}
+    recorder = RunRecorder(tmp_path, config=config)
+    recorder.end_epoch(TrainState(epoch=1, step=1, seconds=0.1, best=0.5, improved=True, row={"epoch": 1},
+                                  model={"w": torch.ones(1)}, optimizer={}, rng={}))
+    recorder.write_result(config, {"epochs": 1, "status": "interrupted"})  # as a stopped job of this sweep
+    if how == "resume-in-its-config":
+        config["trainer"]["resume"] = str(tmp_path / "last.pt")
+
+    def train(cfg, run_dir):
+        assert cfg.trainer.resume  # goes on from last.pt here, then fails before writing anything
+        raise RuntimeError("boom")
+
+    assert run_job(OmegaConf.create(config), tmp_path, train) is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt", "metrics.csv", "result.csv",
+                                                          "traceback.txt"]
 
 
 def test_a_sweep_of_no_jobs_says_so(tmp_path):

@@ -138,7 +138,7 @@ def test_eval_every_evaluates_every_nth_and_always_the_last_epoch():
 
 
 def test_an_update_too_large_for_float32_is_a_divergence_not_a_crash():
-    """Adam's first step is 10·lr: an lr float32 holds can still overflow it."""
+    """Adam's first step size, lr / (1 - β1), is 10·lr: an lr float32 holds can still overflow it."""
     task = AdderTask(train_size=200, test_size=100, eval_bits=[])
     trainer = Trainer(functools.partial(torch.optim.Adam, lr=1e38), device="cpu", max_epochs=2, progress=False)
     with pytest.raises(Diverged, match="the optimizer's update overflowed"):

@@ -45,7 +45,7 @@ class Task(ABC):
 
     A task says what the network must look like (``network_options``: input features,
     output size, read-out), yields training batches, computes the loss, and evaluates a
-    prediction function on its held-out data. It never sees the model itself.
+    prediction function on its test data. It never sees the model itself.
     """
 
     #: the metric the trainer watches unless told another
@@ -79,7 +79,7 @@ class Task(ABC):
 
     @abstractmethod
     def evaluate(self, predict: Predict) -> dict[str, float]:
-        """Metrics on the held-out data, e.g. {"test_loss": ..., "test_acc": ...}."""
+        """Metrics on the task's test data, e.g. {"test_loss": ..., "test_acc": ...}."""
 
     def figures(self, predict: Predict) -> dict[str, LinePlot]:
         """Task-specific figures of the trained model, by file stem (e.g. "prediction"); none by default."""
