@@ -80,8 +80,8 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> d
 
     ``trainer.resume`` goes on from a checkpoint. On Ctrl-C or SIGTERM the finished epochs are
     kept, result.csv says ``status=interrupted`` and the interrupt is raised again; a NaN or
-    infinite loss, or an update that overflows float32, ends the run with ``status=diverged``. ``overrides`` (the command line's)
-    only serve to print the command that resumes the run.
+    infinite loss, or an update that overflows float32, ends the run with ``status=diverged``.
+    ``overrides`` (the command line's) only serve to print the command that resumes the run.
     """
     validate(cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
