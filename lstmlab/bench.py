@@ -4,7 +4,9 @@
 
 Every model gets the same input and, for the LSTMs, the same weights (nn.LSTM's state_dict
 loaded into HandLSTM). Each row is the best of ``--repeat`` timed rounds after warm-up, the
-models of a case timed in turn in every round. Cases of at most COMPILE_MAX_STEPS steps also
+models of a case timed in turn in every round. Where the manual backward runs its loops in C++
+(:mod:`lstmlab.models.step_loops`: small sizes), a row times it with its Python loops too. Cases
+of at most COMPILE_MAX_STEPS steps also
 time HandLSTM (autograd) under ``torch.compile``, which fuses each step's elementwise gate math
 and its derivative into a few C++ kernels (its compile time is printed below the table).
 GFLOP/s counts the matmuls only: 2·B·T·G·H·(I+H) forward (G = 4 gates for an LSTM, 1 for
@@ -22,7 +24,9 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from .models import HandLSTM, HandRNN
+from .models import HandLSTM, HandRNN, step_loops
+from .models.lstm_function import loops_in_cpp
+from .models.variable_length import RunningRows
 
 # name: (batch, steps, input, hidden)
 SIZES = {"adder": (64, 8, 2, 16), "imdb": (64, 200, 100, 256), "large": (32, 100, 512, 512)}
@@ -113,6 +117,24 @@ def hand_lstms(reference: nn.LSTM, device) -> dict[str, HandLSTM]:
     return models
 
 
+PYTHON_LOOPS = "hand_lstm (manual), Python loops"
+
+
+def cpp_loops_apply(x, hidden: int) -> bool:
+    """Whether the manual backward runs its loops in C++ for input x (B, T, I) and this hidden size."""
+    batch, steps, _ = x.shape
+    state, weight = x.new_zeros(batch, hidden), x.new_zeros(4 * hidden, hidden)
+    return loops_in_cpp(x[:, 0], state, weight, RunningRows(batch, steps)) is not None
+
+
+def with_python_loops(step: Callable[[], None]) -> Callable[[], None]:
+    def run() -> None:
+        with step_loops.python_only():
+            step()
+
+    return run
+
+
 COMPILED = "hand_lstm (autograd), torch.compile"
 COMPILE_MAX_STEPS = 16  # torch.compile unrolls the loop: longer sequences take minutes to compile
 
@@ -141,6 +163,9 @@ def fixed_length_rows(name, size, args, device, checks: list[str]) -> Iterator[R
     lstm_flops = matmul_flops(batch, steps, inputs, hidden)
     models: dict[str, tuple[nn.Module, float]] = {"nn.LSTM": (reference, lstm_flops)}
     models |= {label: (m, lstm_flops) for label, m in hand_lstms(reference, device).items()}
+    python_loops_too = cpp_loops_apply(x, hidden)
+    if python_loops_too:
+        models[PYTHON_LOOPS] = models["hand_lstm (manual)"]
     models["hand_rnn"] = (HandRNN(inputs, hidden, batch_first=True).to(device), lstm_flops / 4)
     case = f"{name} ({batch}×{steps}, {inputs}→{hidden})"
     if args.compile and steps <= COMPILE_MAX_STEPS:
@@ -148,6 +173,8 @@ def fixed_length_rows(name, size, args, device, checks: list[str]) -> Iterator[R
         if compiled is not None:
             models[COMPILED] = (compiled, lstm_flops)
     steps_of = {label: train_step(model, x) for label, (model, _) in models.items()}
+    if python_loops_too:
+        steps_of[PYTHON_LOOPS] = with_python_loops(steps_of[PYTHON_LOOPS])
     times = best_ms(steps_of, args.repeat, args.warmup, device)
     base = times["nn.LSTM"]
     for label, (_, flops) in models.items():

@@ -17,7 +17,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from lstmlab.models import SequenceModel
+from lstmlab.models import SequenceModel, step_loops
 from lstmlab.trainer import Trainer
 from lstmlab.tasks.imdb_archive import load_imdb
 from lstmlab.tasks.imdb_corpus import ImdbCorpus
@@ -28,6 +28,16 @@ HAS_CPP_COMPILER = any(shutil.which(c) for c in ("g++", "c++", "clang++"))  # to
 LAB = Path(sys.executable).with_name("lstmlab")
 TINY_ADDER = ["task.train_size=600", "task.test_size=200", "task.eval_size=200", "model.hidden_size=8",
               "trainer.max_epochs=2", "trainer.progress=false", "trainer.num_threads=1"]
+
+
+@pytest.fixture(params=["cpp", "python"], ids=["cpp_loops", "python_loops"])
+def loops(request, monkeypatch):
+    """Run a test with the manual backward's loops in C++ (where they apply) and in Python
+    (lstmlab.models.step_loops); the C++ half is skipped where they cannot be built."""
+    if request.param == "cpp" and step_loops.compiled() is None:
+        pytest.skip("the C++ step loops cannot be built here (see the warning)")
+    monkeypatch.setenv(step_loops.ENV, request.param)
+    return request.param
 
 
 def run_lab(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:

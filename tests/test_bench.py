@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from lstmlab import bench
+from lstmlab.models import step_loops
 
 
 def test_quick_bench_prints_every_row_and_the_check(capsys):
@@ -15,9 +16,10 @@ def test_quick_bench_prints_every_row_and_the_check(capsys):
     printed = capsys.readouterr().out
     assert "square fp32 matmul" in printed
     rows = [line for line in printed.splitlines() if line.startswith("| ") and not line.startswith("| case")]
+    python_loops = [bench.PYTHON_LOOPS] if step_loops.compiled() is not None else []  # the quick sizes are small
     for size in ("adder", "imdb", "large"):
         models = [r.split(" | ")[1] for r in rows if r.startswith(f"| {size} ")]
-        assert models == ["nn.LSTM", "hand_lstm (autograd)", "hand_lstm (manual)", "hand_rnn"]
+        assert models == ["nn.LSTM", "hand_lstm (autograd)", "hand_lstm (manual)", *python_loops, "hand_rnn"]
     variable = [r.split(" | ")[1] for r in rows if r.startswith("| variable")]
     assert variable[:3] == ["nn.LSTM, PackedSequence", "nn.LSTM, padded (wrong final states)", "hand_lstm (autograd), lengths"]
     check = next(line for line in printed.splitlines() if line.startswith("hand_lstm (autograd), lengths: max"))
@@ -37,6 +39,16 @@ def test_short_cases_also_time_the_compiled_hand_lstm(capsys):
     if "torch.compile failed" not in compiled[0]:
         rows = [line.split(" | ")[1] for line in printed.splitlines() if line.startswith("| adder ")]
         assert rows[-1] == bench.COMPILED
+
+
+def test_the_python_loops_row_turns_the_cpp_loops_off_for_its_own_calls_only():
+    if step_loops.compiled() is None:
+        pytest.skip("the C++ step loops cannot be built here (see the warning)")
+    x = torch.randn(4, 3, 2)
+    inside = []
+    bench.with_python_loops(lambda: inside.append(bench.cpp_loops_apply(x, 4)))()
+    assert inside == [False]
+    assert bench.cpp_loops_apply(x, 4)
 
 
 def test_unknown_size_is_refused():

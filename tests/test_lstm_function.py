@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import needs_cuda
-from lstmlab.models import lstm_function, matmul
+from lstmlab.models import lstm_function, matmul, step_loops
 from lstmlab.models.lstm_function import LocalDerivativesAhead, lstm_direction_manual
 from lstmlab.models.variable_length import RunningRows
 
@@ -69,14 +69,20 @@ def assert_all_close(actual, expected):
             torch.testing.assert_close(a, e, **TOL)
 
 
-@pytest.fixture(params=["small_size_paths", "large_size_paths"])
+@pytest.fixture(params=["cpp_loops", "python_loops", "large_size_paths"])
 def size_paths(request, monkeypatch):
-    """Run a test down both sets of code paths whatever its tensors' sizes.
+    """Run a test down every set of code paths whatever its tensors' sizes.
 
-    Large inputs take other routes than small ones: float32 CPU products through oneDNN with the
-    recurrent weight reordered once, the gates written into a lent buffer, and the input
-    projection and the backward pass's local derivatives taken a block of steps at a time.
+    Small inputs whose every row runs every step go through the C++ loops (step_loops.cpp)
+    where they can be built; the Python loops take the rest, and all of them when
+    LSTMLAB_STEP_LOOPS=python. Large inputs take other routes than small ones: float32 CPU
+    products through oneDNN with the recurrent weight reordered once, the gates written into a
+    lent buffer, and the input projection and the backward pass's local derivatives taken a
+    block of steps at a time.
     """
+    if request.param == "cpp_loops" and step_loops.compiled() is None:
+        pytest.skip("the C++ step loops cannot be built here (see the warning)")
+    monkeypatch.setenv(step_loops.ENV, "cpp" if request.param == "cpp_loops" else "python")
     if request.param == "large_size_paths":
         monkeypatch.setattr(matmul, "ONEDNN_MIN_MACS", 0)
         # reordered weights from 7 steps on: the float32 tests (6 and 9 steps) take both branches

@@ -275,7 +275,7 @@ def test_bad_constructor_values_are_rejected():
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])
-def test_manual_backward_matches_torch_through_stacked_layers_and_packed_input(bidirectional):
+def test_manual_backward_matches_torch_through_stacked_layers_and_packed_input(bidirectional, loops):
     reference, manual = twin_lstms(num_layers=2, bidirectional=bidirectional, batch_first=True, backward="manual")
     x = torch.randn(4, 6, 3, dtype=torch.float64)
     expected, got = run_and_backprop(reference, x), run_and_backprop(manual, x)

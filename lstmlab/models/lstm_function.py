@@ -47,6 +47,10 @@ How it is organised:
   and views then skip autograd's bookkeeping (version counters, records of views), which is a
   few percent of a pass at small sizes. Everything they leave behind was made outside them,
   except ∂L/∂h_0 and ∂L/∂c_0, which are copied out: a gradient must not be an inference tensor.
+* At small sizes on the CPU, when every row runs every step, the two loops run in C++
+  (``step_loops.cpp``: the same arithmetic, the same ATen kernels for the products and σ, no
+  Python between the calls), since there a step's dozen calls from Python cost several times
+  its work; see :func:`loops_in_cpp` and :mod:`lstmlab.models.step_loops`.
 * Speed on CPU: large float32 products go through oneDNN (see :mod:`lstmlab.models.matmul`); and
   the large buffers (what the forward pass saves besides h, from 1 MB; the
   backward pass's temporaries) are reused from call to call (:mod:`lstmlab.models.scratch`).
@@ -54,11 +58,14 @@ How it is organised:
 
 from __future__ import annotations
 
+from types import ModuleType
+
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .matmul import ProjectionAhead, StepWeight, matmul_t, row_starts, steps_per_block, sum_of_outer_products
+from . import step_loops
+from .matmul import ProjectionAhead, StepWeight, matmul_t, row_starts, steps_per_block, sum_of_outer_products, use_onednn
 from .scratch import Lease, borrow, scratch
 from .variable_length import RunningRows
 
@@ -106,7 +113,6 @@ class LSTMDirection(torch.autograd.Function):
     def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, running):
         x_rows = running.rows(x)  # (R, I), step after step
         fw_ih, fw_hh, bias = forward_weights(w_ih, w_hh, b_ih, b_hh)  # g rows doubled
-        projection = ProjectionAhead(x_rows, fw_ih, bias, running.sizes)  # W_ih x_t + b, a block of steps at a time
         # the gates (R, 4H), and h_t and −2c_t of every row after h_0 and −2c_0, (B + R, H) each,
         # so that the h_{t-1} of every row, which the backward pass multiplies by ∂L/∂a, is one
         # block when all rows run; σ(−2c_t) (R, H)
@@ -114,8 +120,14 @@ class LSTMDirection(torch.autograd.Function):
         h_all = _rows_after(h0, gates.shape[0])
         h, (m0, m) = h_all[h0.shape[0] :], m_all.split_with_sizes((c0.shape[0], gates.shape[0]))
         torch.mul(c0, -2, out=m0)  # −2c_0
+        ctx.loops = loops_in_cpp(x_rows, h0, fw_hh, running)
         with torch.inference_mode():  # the loop writes only into the buffers above (see the module docstring)
-            _run_forward(projection, gates, h, m, sig_m, h0, m0, fw_hh, running)
+            if ctx.loops is None:
+                projection = ProjectionAhead(x_rows, fw_ih, bias, running.sizes)  # W_ih x_t + b, a block of steps at a time
+                _run_forward(projection, gates, h, m, sig_m, h0, m0, fw_hh, running)
+            else:
+                matmul_t(x_rows, fw_ih, bias, out=gates)  # W_ih x_t + b of every step, in place of the gates
+                ctx.loops.run_forward(gates, h, m, sig_m, h_all[: h0.shape[0]], m0, fw_hh.t())
         h_last, c_last = _final_states(h, m, h0, c0, running)
         ctx.running = running
         ctx.save_for_backward(x_rows, w_ih, w_hh, gates, m_all, sig_m, h_all)
@@ -128,9 +140,14 @@ class LSTMDirection(torch.autograd.Function):
         need_x, need_h0, need_c0, need_w_ih, need_w_hh, need_b_ih, need_b_hh, _ = ctx.needs_input_grad
         running = ctx.running
         local = LocalDerivativesAhead(acts, m_all, sig_m, running)  # taken as the walk back comes
-        d_out = running.per_step_of_padded(d_out)  # ∂L/∂out_t, (n_t, H) each
         with torch.inference_mode():  # the walk back writes into local's buffers, and makes d_h0, d_c0
-            d_h0, d_c0 = _run_backward(local, d_out, d_h_last, d_c_last, w_hh, running, need_h0)
+            if ctx.loops is None:
+                d_out = running.per_step_of_padded(d_out)  # ∂L/∂out_t, (n_t, H) each
+                d_h0, d_c0 = _run_backward(local, d_out, d_h_last, d_c_last, w_hh, running, need_h0)
+            else:
+                local.reach_all()
+                args = (local.d_gates, local.dh_dc, acts, d_out, d_h_last, d_c_last, w_hh, running.reverse, need_h0)
+                d_h0, d_c0 = ctx.loops.run_backward(*args)
         d_h0 = d_h0.clone() if need_h0 else None  # normal tensors, not inference ones
         d_c0 = d_c0.clone() if need_c0 else None
 
@@ -242,6 +259,24 @@ def _run_forward(projection, gates, h, m, sig_m, h0, m0, w_hh, running):
         h_prev, m_prev = h[t], m[t]
 
 
+def loops_in_cpp(x_rows: Tensor, h0: Tensor, w_hh: Tensor, running: RunningRows) -> ModuleType | None:
+    """The C++ loops (:mod:`~lstmlab.models.step_loops`) if they apply here, else None: on the
+    CPU, in float32 or float64, when every row runs every step, and where the step's product is
+    small enough to stay out of oneDNN (at larger sizes the products are the time, and the
+    Python loops route them through oneDNN)."""
+    batch, hidden = h0.shape
+    applies = (
+        x_rows.device.type == "cpu"
+        and x_rows.dtype in (torch.float32, torch.float64)
+        and batch > 0
+        and hidden > 0
+        and running.last_rows() is None
+        and not use_onednn(x_rows, batch, hidden, w_hh.shape[0])
+        and step_loops.wanted()
+    )
+    return step_loops.compiled() if applies else None
+
+
 def _final_states(h: Tensor, m: Tensor, h0: Tensor, c0: Tensor, running: RunningRows):
     """(h_T, c_T) (B, H): each sequence's state after its last step (the initial one if it has
     none), from h and m = −2c."""
@@ -281,6 +316,11 @@ class LocalDerivativesAhead:
         self._m_prev = running.previous(m_all, out=scratch("previous", sig_m.shape, sig_m))  # −2c_{t-1} of each row
         self._steps = steps_per_block(running.sizes, acts.shape[1] * acts.element_size(), acts, LOCAL_BLOCK_BYTES)
         self._starts = row_starts(running.sizes)
+
+    def reach_all(self) -> None:
+        """Fill every row at once (for the C++ loops, which cannot call back into :meth:`reach`)."""
+        buffers = (self._acts, self._m_prev, self._sig_m, self.d_gates, self.dh_dc)
+        _local_derivatives(*buffers)
 
     def reach(self, t: int) -> None:
         """Fill the rows of t's block if t is its last step (the first the walk back reaches)."""

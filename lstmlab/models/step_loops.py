@@ -1,0 +1,118 @@
+"""The manual backward's two loops in C++ (``step_loops.cpp``), built on first use.
+
+At the adder's size (64 rows, 16 units) a step's arithmetic is a few thousand numbers, and the
+fixed cost of each of the dozen calls a step makes from Python is what the step costs; the
+C++ loops make the same calls to the same ATen kernels and do the rest in plain loops, with no
+Python between them. :mod:`lstmlab.models.lstm_function` uses them where they apply (see
+:func:`lstm_function.loops_in_cpp`) and its Python loops everywhere else.
+
+They are compiled once per machine by ``torch.utils.cpp_extension`` (ninja and a C++ compiler;
+about 20 s) into ``TORCH_EXTENSIONS_DIR`` or else ``~/.cache/torch_extensions``, under a name that changes with the source and the torch
+version. Where they cannot be built, a warning says why once and the Python loops run.
+``LSTMLAB_STEP_LOOPS=python`` never uses them (nor does code under :func:`python_only`);
+``LSTMLAB_STEP_LOOPS=cpp`` makes a failed build an error.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import re
+import shutil
+import sys
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from types import ModuleType
+from typing import Iterator
+
+import torch
+
+__all__ = ["ENV", "compiled", "python_only", "wanted"]
+
+ENV = "LSTMLAB_STEP_LOOPS"  # "python", "cpp", or unset (C++ where it can be built)
+CHOICES = ("python", "cpp")
+SOURCE = Path(__file__).with_suffix(".cpp")
+
+_log = logging.getLogger(__name__)
+_built: dict[str, ModuleType | None] = {}  # module name -> the module, or None if its build failed
+_python_only = False  # set by python_only()
+
+
+def wanted() -> bool:
+    """Whether the C++ loops are allowed here: ``LSTMLAB_STEP_LOOPS`` is not ``python``, and no
+    :func:`python_only` block is running."""
+    choice = os.environ.get(ENV, "")
+    if _python_only:
+        return False
+    if choice and choice not in CHOICES:
+        raise ValueError(f"{ENV}={choice!r}: expected one of {', '.join(CHOICES)}, or unset")
+    return choice != "python"
+
+
+@contextmanager
+def python_only() -> Iterator[None]:
+    """Run the Python loops inside this block, whatever the environment says (for the benchmark's
+    comparison; one setting for the whole process, not per thread)."""
+    global _python_only
+    before, _python_only = _python_only, True
+    try:
+        yield
+    finally:
+        _python_only = before
+
+
+def compiled() -> ModuleType | None:
+    """The compiled loops (built now if this machine has not built them yet), or None where they
+    cannot be built: a warning then says why, once per process. Raises instead if
+    ``LSTMLAB_STEP_LOOPS=cpp``."""
+    name = _module_name()
+    if name not in _built:
+        _built[name] = _build(name)
+    if _built[name] is None and os.environ.get(ENV) == "cpp":
+        raise RuntimeError(f"{ENV}=cpp, but the C++ step loops ({SOURCE}) could not be built: see the warning above")
+    return _built[name]
+
+
+@functools.cache
+def _module_name() -> str:
+    """A name that changes with the source, the torch version and the Python version, so a
+    build is never reused for another (read once per process)."""
+    stamp = f"{torch.__version__}|{sys.version_info[:2]}|".encode() + SOURCE.read_bytes()
+    return "lstmlab_step_loops_" + hashlib.sha256(stamp).hexdigest()[:16]
+
+
+def _build(name: str) -> ModuleType | None:
+    from torch.utils import cpp_extension  # imported here: it is slow to import, and only needed once
+
+    directory = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()) / name
+    if not any(directory.glob(f"{name}*.so")):
+        _log.info("building the C++ step loops of the manual backward (once per machine, about 20 s)")
+    try:
+        _put_ninja_on_path()
+        directory.mkdir(parents=True, exist_ok=True)
+        return cpp_extension.load(name, [str(SOURCE)], extra_cflags=["-O3"], build_directory=str(directory))
+    except Exception as error:  # no compiler, no ninja, no Python headers: the Python loops still work
+        warnings.warn(f"the C++ step loops could not be built, the Python loops run instead: {_reason(error)}", stacklevel=3)
+        return None
+
+
+def _reason(error: Exception) -> str:
+    """The line of a failed build's output that says what went wrong (it also holds the commands
+    ninja ran, many lines long)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+    telling = [line for line in lines[1:] if re.search(r"error|not found|required", line, re.IGNORECASE)]
+    return (telling or lines)[0][:300]
+
+
+def _put_ninja_on_path() -> None:
+    """torch runs ``ninja`` from the PATH: where there is none, the one the ninja package installed
+    (in the virtual environment's bin, which is not on the PATH unless it is activated)."""
+    if shutil.which("ninja") is None:
+        try:
+            import ninja
+        except ImportError:
+            return  # torch's own error then says that ninja is needed
+        os.environ["PATH"] = os.pathsep.join([ninja.BIN_DIR, os.environ.get("PATH", "")])

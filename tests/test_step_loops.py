@@ -1,0 +1,67 @@
+"""The manual backward's loops in C++: where they run, and what happens where they cannot be built.
+Their results are checked against autograd, nn.LSTM and gradcheck with the Python loops'
+(test_lstm_function.py and test_models.py run those tests down both)."""
+
+import warnings
+
+import pytest
+import torch
+from torch.utils import cpp_extension
+
+from lstmlab.models import step_loops
+from lstmlab.models.lstm_function import loops_in_cpp, lstm_direction_manual
+from lstmlab.models.variable_length import RunningRows
+
+
+def where_loops_run(batch, steps, hidden, dtype=torch.float32, lengths=None):
+    x = torch.zeros(batch, steps, 2, dtype=dtype)
+    running = RunningRows(batch, steps, lengths)
+    return loops_in_cpp(running.rows(x), torch.zeros(batch, hidden, dtype=dtype), torch.zeros(4 * hidden, hidden, dtype=dtype), running)
+
+
+def test_the_cpp_loops_run_at_small_sizes_only_when_every_row_runs_every_step():
+    if step_loops.compiled() is None:
+        pytest.skip("the C++ step loops cannot be built here (see the warning)")
+    assert where_loops_run(64, 8, 16) is step_loops.compiled()  # the adder's size
+    assert where_loops_run(64, 8, 16, torch.float64) is step_loops.compiled()
+    assert where_loops_run(3, 4, 16, lengths=torch.tensor([4, 4, 4])) is step_loops.compiled()
+    assert where_loops_run(3, 4, 16, lengths=torch.tensor([4, 2, 1])) is None  # lengths differ
+    assert where_loops_run(64, 8, 256) is None  # the IMDB size: products through oneDNN
+    assert where_loops_run(64, 8, 16, torch.bfloat16) is None
+    assert where_loops_run(0, 8, 16) is None
+
+
+def test_the_environment_turns_them_off_and_a_wrong_value_is_refused(monkeypatch):
+    monkeypatch.setenv(step_loops.ENV, "python")
+    assert where_loops_run(64, 8, 16) is None
+    monkeypatch.setenv(step_loops.ENV, "fortran")
+    with pytest.raises(ValueError, match=r"^LSTMLAB_STEP_LOOPS='fortran': expected one of python, cpp, or unset$"):
+        where_loops_run(64, 8, 16)
+
+
+def no_compiler(*args, **kwargs):
+    raise RuntimeError("Ninja is required to load C++ extensions")
+
+
+def test_a_failed_build_warns_once_and_the_python_loops_run(monkeypatch):
+    monkeypatch.setattr(step_loops, "_built", {})
+    monkeypatch.setattr(cpp_extension, "load", no_compiler)
+    monkeypatch.delenv(step_loops.ENV, raising=False)
+    x, h0, c0 = torch.randn(4, 3, 2, requires_grad=True), torch.zeros(4, 5), torch.zeros(4, 5)
+    w_ih, w_hh = torch.randn(20, 2, requires_grad=True), torch.randn(20, 5, requires_grad=True)
+    with pytest.warns(UserWarning, match="C\\+\\+ step loops could not be built, the Python loops run instead: Ninja is required"):
+        out, _, _ = lstm_direction_manual(x, h0, c0, w_ih, w_hh, None, None)
+    out.sum().backward()
+    assert x.grad is not None and w_hh.grad is not None
+    with warnings.catch_warnings(record=True) as again:  # the next layer or batch says nothing more
+        warnings.simplefilter("always")
+        lstm_direction_manual(x, h0, c0, w_ih, w_hh, None, None)
+    assert again == []
+
+
+def test_a_failed_build_is_an_error_when_the_cpp_loops_are_asked_for(monkeypatch):
+    monkeypatch.setattr(step_loops, "_built", {})
+    monkeypatch.setattr(cpp_extension, "load", no_compiler)
+    monkeypatch.setenv(step_loops.ENV, "cpp")
+    with pytest.warns(UserWarning), pytest.raises(RuntimeError, match="^LSTMLAB_STEP_LOOPS=cpp, but the C\\+\\+ step loops"):
+        where_loops_run(64, 8, 16)
