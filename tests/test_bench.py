@@ -16,7 +16,7 @@ def test_quick_bench_prints_every_row_and_the_check(capsys):
     printed = capsys.readouterr().out
     assert "square fp32 matmul" in printed
     rows = [line for line in printed.splitlines() if line.startswith("| ") and not line.startswith("| case")]
-    python_loops = [bench.PYTHON_LOOPS] if step_loops.compiled() is not None else []  # the quick sizes are small
+    python_loops = [bench.PYTHON_LOOPS] if step_loops.wanted() and step_loops.compiled() else []  # the quick sizes are small
     for size in ("adder", "imdb", "large"):
         models = [r.split(" | ")[1] for r in rows if r.startswith(f"| {size} ")]
         assert models == ["nn.LSTM", "hand_lstm (autograd)", "hand_lstm (manual)", *python_loops, "hand_rnn"]
@@ -41,7 +41,8 @@ def test_short_cases_also_time_the_compiled_hand_lstm(capsys):
         assert rows[-1] == bench.COMPILED
 
 
-def test_the_python_loops_row_turns_the_cpp_loops_off_for_its_own_calls_only():
+def test_the_python_loops_row_turns_the_cpp_loops_off_for_its_own_calls_only(monkeypatch):
+    monkeypatch.delenv(step_loops.ENV, raising=False)
     if step_loops.compiled() is None:
         pytest.skip("the C++ step loops cannot be built here (see the warning)")
     x = torch.randn(4, 3, 2)

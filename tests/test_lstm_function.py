@@ -237,7 +237,7 @@ def test_single_step(ragged, size_paths):
     assert_all_close(grads_of(got, inputs, upstream), grads_of(ref, inputs, upstream))
 
 
-def test_batch_of_one():
+def test_batch_of_one(loops):
     inputs = make_inputs(1, 5, 3, 4, seed=7)
     ref = reference_direction(*inputs)
     got = lstm_direction_manual(*inputs)
@@ -247,7 +247,7 @@ def test_batch_of_one():
 
 
 @pytest.mark.parametrize("ragged", [False, True], ids=["full", "lengths"])
-def test_weight_grads_without_input_or_state_grads(ragged):
+def test_weight_grads_without_input_or_state_grads(ragged, loops):
     x, h0, c0, *weights = make_inputs(3, 4, 2, 3, seed=8)
     x, h0, c0 = x.detach(), h0.detach(), c0.detach()  # data and state as a model gets them
     lengths = torch.tensor([4, 3, 2]) if ragged else None
@@ -260,7 +260,7 @@ def test_weight_grads_without_input_or_state_grads(ragged):
     assert_all_close(grads, grads_of(ref, inputs, upstream))
 
 
-def test_only_initial_state_requires_grad():
+def test_only_initial_state_requires_grad(loops):
     x, h0, c0, *weights = make_inputs(2, 3, 2, 3, seed=9)
     inputs = [x.detach(), h0, c0] + [w.detach() for w in weights]
     ref = reference_direction(*inputs)
@@ -270,7 +270,7 @@ def test_only_initial_state_requires_grad():
 
 
 @pytest.mark.parametrize("ragged", [False, True], ids=["full", "lengths"])
-def test_every_gradient_is_a_tensor_an_optimiser_can_update_in_place(ragged):
+def test_every_gradient_is_a_tensor_an_optimiser_can_update_in_place(ragged, loops):
     """Not an inference tensor (the loops run under torch.inference_mode): those refuse in-place
     updates outside it, e.g. an optimiser's or a gradient clip's."""
     inputs = make_inputs(3, 4, 2, 3, seed=12)
@@ -291,7 +291,7 @@ def test_the_two_bias_gradients_are_separate_tensors():
 
 
 @pytest.mark.parametrize("ragged", [False, True], ids=["full", "lengths"])
-def test_backward_twice_with_retained_graph_gives_the_same_gradients(ragged):
+def test_backward_twice_with_retained_graph_gives_the_same_gradients(ragged, loops):
     inputs = make_inputs(2, 4, 3, 2, seed=11)
     lengths = torch.tensor([4, 2]) if ragged else None
     out, h_t, c_t = lstm_direction_manual(*inputs, lengths)
@@ -301,7 +301,7 @@ def test_backward_twice_with_retained_graph_gives_the_same_gradients(ragged):
     assert_all_close(second, first)
 
 
-def test_gradients_stay_valid_after_later_calls():
+def test_gradients_stay_valid_after_later_calls(loops):
     first = make_inputs(3, 5, 4, 6, seed=15)
     second = make_inputs(3, 5, 4, 6, seed=16)  # same shapes: the backward pass reuses its scratch buffer
     upstream = [torch.randn(3, 5, 6, dtype=F64), torch.randn(3, 6, dtype=F64), torch.randn(3, 6, dtype=F64)]
@@ -312,7 +312,7 @@ def test_gradients_stay_valid_after_later_calls():
     assert_all_close(grads_second, grads_of(reference_direction(*second), second, upstream))
 
 
-def test_graphs_alive_at_once_keep_their_own_gates_buffers(monkeypatch):
+def test_graphs_alive_at_once_keep_their_own_gates_buffers(monkeypatch, loops):
     """The saved gates and cells go into a lent buffer (as they do from 1 MB): it stays lent
     while its graph lives, so a second forward pass gets another one, and both backward passes
     stay right."""
@@ -327,7 +327,7 @@ def test_graphs_alive_at_once_keep_their_own_gates_buffers(monkeypatch):
     assert_all_close(grads_second, grads_of(reference_direction(*second), second, upstream))
 
 
-def test_backward_in_several_threads_at_once():
+def test_backward_in_several_threads_at_once(loops):
     def grads_and_reference(seed):
         inputs = make_inputs(4, 30, 8, 16, seed=seed)
         upstream = [torch.randn_like(t) for t in reference_direction(*inputs)]
@@ -360,7 +360,7 @@ def test_gradcheck_on_cuda(lengths):
     assert torch.autograd.gradcheck(lambda *a: lstm_direction_manual(*a, lengths), inputs)
 
 
-def test_no_grad_forward_gives_the_same_outputs():
+def test_no_grad_forward_gives_the_same_outputs(loops):
     inputs = make_inputs(2, 4, 3, 2, seed=12)
     with torch.no_grad():
         got = lstm_direction_manual(*inputs)

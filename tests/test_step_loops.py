@@ -2,7 +2,9 @@
 Their results are checked against autograd, nn.LSTM and gradcheck with the Python loops'
 (test_lstm_function.py and test_models.py run those tests down both)."""
 
+import os
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,9 +21,16 @@ def where_loops_run(batch, steps, hidden, dtype=torch.float32, lengths=None):
     return loops_in_cpp(running.rows(x), torch.zeros(batch, hidden, dtype=dtype), torch.zeros(4 * hidden, hidden, dtype=dtype), running)
 
 
-def test_the_cpp_loops_run_at_small_sizes_only_when_every_row_runs_every_step():
+@pytest.fixture
+def built(monkeypatch):
+    """The compiled loops, with LSTMLAB_STEP_LOOPS unset (the suite may run with it set)."""
+    monkeypatch.delenv(step_loops.ENV, raising=False)
     if step_loops.compiled() is None:
         pytest.skip("the C++ step loops cannot be built here (see the warning)")
+    return step_loops.compiled()
+
+
+def test_the_cpp_loops_run_at_small_sizes_only_when_every_row_runs_every_step(built):
     assert where_loops_run(64, 8, 16) is step_loops.compiled()  # the adder's size
     assert where_loops_run(64, 8, 16, torch.float64) is step_loops.compiled()
     assert where_loops_run(3, 4, 16, lengths=torch.tensor([4, 4, 4])) is step_loops.compiled()
@@ -29,6 +38,36 @@ def test_the_cpp_loops_run_at_small_sizes_only_when_every_row_runs_every_step():
     assert where_loops_run(64, 8, 256) is None  # the IMDB size: products through oneDNN
     assert where_loops_run(64, 8, 16, torch.bfloat16) is None
     assert where_loops_run(0, 8, 16) is None
+
+
+def test_a_pass_goes_through_the_cpp_loops_forward_and_back_where_they_apply(built, monkeypatch):
+    calls = []
+
+    def spy(name):
+        real = getattr(built, name)
+        monkeypatch.setattr(built, name, lambda *args: calls.append(name) or real(*args))
+
+    spy("run_forward")
+    spy("run_backward")
+    x, h0, c0 = torch.randn(4, 3, 2, requires_grad=True), torch.zeros(4, 5), torch.zeros(4, 5)
+    w_ih, w_hh = torch.randn(20, 2, requires_grad=True), torch.randn(20, 5, requires_grad=True)
+    out, _, _ = lstm_direction_manual(x, h0, c0, w_ih, w_hh, None, None)
+    out.sum().backward()
+    assert calls == ["run_forward", "run_backward"]
+    out, _, _ = lstm_direction_manual(x, h0, c0, w_ih, w_hh, None, None, lengths=torch.tensor([3, 3, 2, 1]))
+    out.sum().backward()
+    assert calls == ["run_forward", "run_backward"]  # with lengths that differ: the Python loops
+
+
+def test_the_cpp_loops_leave_fake_tensors_to_the_python_loops(built):
+    """Tracing (torch.compile's fake tensors) has no data for the C++ loops to read."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode(allow_non_fake_inputs=True):  # the g-row scales are real tensors, kept across calls
+        assert where_loops_run(64, 8, 16) is None
+        out, h, c = lstm_direction_manual(torch.randn(4, 3, 2), torch.zeros(4, 5), torch.zeros(4, 5),
+                                          torch.randn(20, 2), torch.randn(20, 5), None, None)
+    assert out.shape == (4, 3, 5) and h.shape == c.shape == (4, 5)
 
 
 def test_the_environment_turns_them_off_and_a_wrong_value_is_refused(monkeypatch):
@@ -65,3 +104,23 @@ def test_a_failed_build_is_an_error_when_the_cpp_loops_are_asked_for(monkeypatch
     monkeypatch.setenv(step_loops.ENV, "cpp")
     with pytest.warns(UserWarning), pytest.raises(RuntimeError, match="^LSTMLAB_STEP_LOOPS=cpp, but the C\\+\\+ step loops"):
         where_loops_run(64, 8, 16)
+
+
+def test_a_build_killed_midway_does_not_keep_the_next_one_waiting(monkeypatch, tmp_path):
+    """torch waits for its file "lock" in the build directory to go; a killed build leaves it."""
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    monkeypatch.delenv(step_loops.ENV, raising=False)
+    monkeypatch.setattr(step_loops, "_built", {})
+    directory = tmp_path / step_loops._module_name()
+    directory.mkdir()
+    (directory / "lock").touch()
+    path_before, seen = os.environ["PATH"], []
+
+    def load(name, sources, build_directory, **kwargs):
+        seen.append((Path(build_directory) / "lock").exists())
+        return "the module"
+
+    monkeypatch.setattr(cpp_extension, "load", load)
+    assert step_loops.compiled() == "the module"
+    assert seen == [False]
+    assert os.environ["PATH"] == path_before

@@ -48,9 +48,11 @@ How it is organised:
   few percent of a pass at small sizes. Everything they leave behind was made outside them,
   except ∂L/∂h_0 and ∂L/∂c_0, which are copied out: a gradient must not be an inference tensor.
 * At small sizes on the CPU, when every row runs every step, the two loops run in C++
-  (``step_loops.cpp``: the same arithmetic, the same ATen kernels for the products and σ, no
-  Python between the calls), since there a step's dozen calls from Python cost several times
-  its work; see :func:`loops_in_cpp` and :mod:`lstmlab.models.step_loops`.
+  (``step_loops.cpp``: the same equations, the same ATen kernels for the products and σ, no
+  Python between the calls; the rounding may differ in the last bit), since there a step's dozen
+  calls from Python cost several times its work. That path takes W_ih x_t + b and the local
+  derivatives for the whole sequence at once, not a block at a time; see :func:`loops_in_cpp`
+  and :mod:`lstmlab.models.step_loops`.
 * Speed on CPU: large float32 products go through oneDNN (see :mod:`lstmlab.models.matmul`); and
   the large buffers (what the forward pass saves besides h, from 1 MB; the
   backward pass's temporaries) are reused from call to call (:mod:`lstmlab.models.scratch`).
@@ -261,18 +263,21 @@ def _run_forward(projection, gates, h, m, sig_m, h0, m0, w_hh, running):
 
 def loops_in_cpp(x_rows: Tensor, h0: Tensor, w_hh: Tensor, running: RunningRows) -> ModuleType | None:
     """The C++ loops (:mod:`~lstmlab.models.step_loops`) if they apply here, else None: on the
-    CPU, in float32 or float64, when every row runs every step, and where the step's product is
-    small enough to stay out of oneDNN (at larger sizes the products are the time, and the
-    Python loops route them through oneDNN)."""
+    CPU, in float32 or float64, when every row runs every step, and where the step's product
+    stays out of oneDNN: float32 products below ONEDNN_MIN_MACS, and float64 ones at any size (at
+    larger float32 sizes the products are the time, and the Python loops route them through
+    oneDNN)."""
     batch, hidden = h0.shape
     applies = (
-        x_rows.device.type == "cpu"
+        step_loops.wanted()
+        and type(x_rows) is torch.Tensor  # not a subclass (fake tensors when tracing): the loops read the data
+        and type(h0) is torch.Tensor
+        and x_rows.device.type == "cpu"
         and x_rows.dtype in (torch.float32, torch.float64)
         and batch > 0
         and hidden > 0
         and running.last_rows() is None
         and not use_onednn(x_rows, batch, hidden, w_hh.shape[0])
-        and step_loops.wanted()
     )
     return step_loops.compiled() if applies else None
 

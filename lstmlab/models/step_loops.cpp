@@ -1,5 +1,6 @@
 // The two loops of lstm_function.py (_run_forward and _run_backward), step for step the same
-// arithmetic, for a sequence whose every row runs every step, on the CPU, in float32 or float64.
+// equations (the rounding may differ in the last bit), for a sequence whose every row runs every
+// step, on the CPU, in float32 or float64.
 //
 // At small sizes a step's work is a few thousand numbers, less than the fixed cost of the calls
 // that do it from Python: here each step is one ATen product, one or two ATen σ calls (the same
@@ -82,8 +83,12 @@ void run_forward(Tensor gates, Tensor h, Tensor m, Tensor sig_m, Tensor h0, Tens
   TORCH_CHECK(gates.is_contiguous() && h.is_contiguous() && m.is_contiguous() && sig_m.is_contiguous() &&
                   h0.is_contiguous() && m0.is_contiguous(),
               "step_loops: expected contiguous buffers");
+  const int64_t batch = h0.size(0), hidden = h0.size(1), steps = batch > 0 ? gates.size(0) / batch : 0;
+  TORCH_CHECK(batch > 0 && steps > 0 && gates.size(0) == steps * batch && gates.size(1) == 4 * hidden && h.sizes() == m.sizes() &&
+                  h.sizes() == sig_m.sizes() && h.size(0) == gates.size(0) && h.size(1) == hidden &&
+                  m0.sizes() == h0.sizes() && w_hh_t.size(0) == hidden && w_hh_t.size(1) == 4 * hidden,
+              "step_loops.run_forward: shapes do not fit");
   c10::InferenceMode no_autograd;
-  const int64_t batch = h0.size(0), hidden = h0.size(1), steps = gates.size(0) / batch;
   Tensor h_prev = h0, m_prev = m0;
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "run_forward", [&] {
     for (int64_t t = 0; t < steps; ++t) {
@@ -110,8 +115,13 @@ std::vector<Tensor> run_backward(Tensor d_gates, Tensor dh_dc, Tensor gates, Ten
   check({d_gates, dh_dc, gates, d_out, d_h_last, d_c_last, w_hh});
   TORCH_CHECK(d_gates.is_contiguous() && dh_dc.is_contiguous() && gates.is_contiguous(),
               "step_loops: expected contiguous buffers");
+  const int64_t batch = d_c_last.size(0), hidden = d_c_last.size(1), steps = batch > 0 ? d_gates.size(0) / batch : 0;
+  TORCH_CHECK(batch > 0 && steps > 0 && d_gates.size(0) == steps * batch && d_gates.sizes() == gates.sizes() &&
+                  d_gates.size(1) == 4 * hidden && dh_dc.size(0) == d_gates.size(0) && dh_dc.size(1) == hidden &&
+                  d_out.dim() == 3 && d_out.size(0) == batch && d_out.size(1) == steps && d_out.size(2) == hidden &&
+                  d_h_last.sizes() == d_c_last.sizes() && w_hh.size(0) == 4 * hidden && w_hh.size(1) == hidden,
+              "step_loops.run_backward: shapes do not fit");
   c10::InferenceMode no_autograd;
-  const int64_t batch = d_c_last.size(0), hidden = d_c_last.size(1), steps = d_gates.size(0) / batch;
   auto d_out_at = [&](int64_t t) { return d_out.select(1, reverse ? steps - 1 - t : t); };  // ∂L/∂out_t (B, H)
   Tensor d_h = (d_out_at(steps - 1) + d_h_last).contiguous();  // ∂L/∂h_T, via the last output and h_T
   Tensor d_c = d_c_last.contiguous().clone();                         // ∂L/∂c_T
@@ -135,6 +145,9 @@ std::vector<Tensor> run_backward(Tensor d_gates, Tensor dh_dc, Tensor gates, Ten
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
-  module.def("run_forward", &run_forward, "the forward loop, every row running every step");
-  module.def("run_backward", &run_backward, "the backward loop, every row running every step");
+  // they touch no Python object: other Python threads run meanwhile, as between torch's own calls
+  module.def("run_forward", &run_forward, "the forward loop, every row running every step",
+             pybind11::call_guard<pybind11::gil_scoped_release>());
+  module.def("run_backward", &run_backward, "the backward loop, every row running every step",
+             pybind11::call_guard<pybind11::gil_scoped_release>());
 }

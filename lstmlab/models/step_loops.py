@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import sys
+import threading
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -70,33 +71,72 @@ def compiled() -> ModuleType | None:
     ``LSTMLAB_STEP_LOOPS=cpp``."""
     name = _module_name()
     if name not in _built:
-        _built[name] = _build(name)
+        with _building:  # one build per process, whichever thread asks first
+            if name not in _built:
+                _built[name] = _build(name)
     if _built[name] is None and os.environ.get(ENV) == "cpp":
         raise RuntimeError(f"{ENV}=cpp, but the C++ step loops ({SOURCE}) could not be built: see the warning above")
     return _built[name]
 
 
+_building = threading.Lock()
+
+
 @functools.cache
 def _module_name() -> str:
-    """A name that changes with the source, the torch version and the Python version, so a
-    build is never reused for another (read once per process)."""
-    stamp = f"{torch.__version__}|{sys.version_info[:2]}|".encode() + SOURCE.read_bytes()
+    """A name that changes with the source (its text and where it lies: torch's build files name
+    its path), the torch version and the Python version, so a build is never reused for
+    another (read once per process)."""
+    stamp = f"{torch.__version__}|{sys.version_info[:2]}|{SOURCE.resolve()}|".encode() + SOURCE.read_bytes()
     return "lstmlab_step_loops_" + hashlib.sha256(stamp).hexdigest()[:16]
 
 
 def _build(name: str) -> ModuleType | None:
-    from torch.utils import cpp_extension  # imported here: it is slow to import, and only needed once
-
-    directory = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()) / name
-    if not any(directory.glob(f"{name}*.so")):
-        _log.info("building the C++ step loops of the manual backward (once per machine, about 20 s)")
     try:
-        _put_ninja_on_path()
+        from torch.utils import cpp_extension  # imported here: it is slow to import, and only needed once
+
+        directory = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()) / name
         directory.mkdir(parents=True, exist_ok=True)
-        return cpp_extension.load(name, [str(SOURCE)], extra_cflags=["-O3"], build_directory=str(directory))
+        with _only_builder(directory), _ninja_on_path():
+            if not any(directory.glob(f"{name}*.so")):
+                _log.info("building the C++ step loops of the manual backward (once per machine, about 20 s)")
+            return cpp_extension.load(name, [str(SOURCE)], extra_cflags=["-O3"], build_directory=str(directory))
     except Exception as error:  # no compiler, no ninja, no Python headers: the Python loops still work
         warnings.warn(f"the C++ step loops could not be built, the Python loops run instead: {_reason(error)}", stacklevel=3)
         return None
+
+
+@contextmanager
+def _only_builder(directory: Path) -> Iterator[None]:
+    """Hold the build directory alone, across processes. torch marks a build in progress with a
+    file ``lock`` there and waits, without end, for it to go, so a build killed midway would
+    leave every later process waiting; an flock is released when its holder dies. Holding it,
+    a ``lock`` file can only be such a leftover, and is removed."""
+    import fcntl  # POSIX; elsewhere the ImportError is a failed build, and the Python loops run
+
+    with open(directory / "lstmlab.flock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        (directory / "lock").unlink(missing_ok=True)
+        yield
+
+
+@contextmanager
+def _ninja_on_path() -> Iterator[None]:
+    """torch runs ``ninja`` from the PATH: where there is none, the one the ninja package installed
+    (in the virtual environment's bin, which is not on the PATH unless it is activated), for the
+    time of the build."""
+    before = os.environ.get("PATH", "")
+    if shutil.which("ninja") is None:
+        try:
+            import ninja
+
+            os.environ["PATH"] = os.pathsep.join([ninja.BIN_DIR, before])
+        except ImportError:
+            pass  # torch's own error then says that ninja is needed
+    try:
+        yield
+    finally:
+        os.environ["PATH"] = before
 
 
 def _reason(error: Exception) -> str:
@@ -105,14 +145,3 @@ def _reason(error: Exception) -> str:
     lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
     telling = [line for line in lines[1:] if re.search(r"error|not found|required", line, re.IGNORECASE)]
     return (telling or lines)[0][:300]
-
-
-def _put_ninja_on_path() -> None:
-    """torch runs ``ninja`` from the PATH: where there is none, the one the ninja package installed
-    (in the virtual environment's bin, which is not on the PATH unless it is activated)."""
-    if shutil.which("ninja") is None:
-        try:
-            import ninja
-        except ImportError:
-            return  # torch's own error then says that ninja is needed
-        os.environ["PATH"] = os.pathsep.join([ninja.BIN_DIR, os.environ.get("PATH", "")])
