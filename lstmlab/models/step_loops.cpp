@@ -4,7 +4,7 @@
 //
 // At small sizes a step's work is a few thousand numbers, less than the fixed cost of the calls
 // that do it from Python: here each step is one ATen product, one or two ATen σ calls (the same
-// kernels as from Python, so the same rounding) and the rest as plain loops over the rows.
+// kernels as from Python) and the rest as plain loops over the rows.
 // lstm_function.py's docstring explains the layout: rows step after step, gates (i, f, σ(2a_g), o)
 // per row, the cell state kept as m_t = −2c_t, and d_gates holding the local factors on entry.
 
@@ -134,7 +134,7 @@ std::vector<Tensor> run_backward(Tensor d_gates, Tensor dh_dc, Tensor gates, Ten
                      gates.const_data_ptr<scalar_t>() + t * batch * 4 * hidden, d_h.const_data_ptr<scalar_t>(),
                      d_c.data_ptr<scalar_t>(), batch, hidden);
       if (t == 0) {
-        if (need_h0) d_h0 = at::mm(d_a, w_hh);  // ∂L/∂h_0 = ∂L/∂a_1 W_hh
+        if (need_h0) d_h0 = at::mm(d_a, w_hh);  // ∂L/∂h_0 = ∂L/∂a W_hh of the first step
         break;
       }
       at::addmm_out(d_h_next, d_out_at(t - 1), d_a, w_hh);  // ∂L/∂h_{t-1} = ∂L/∂out_{t-1} + ∂L/∂a_t W_hh

@@ -6,9 +6,10 @@ C++ loops make the same calls to the same ATen kernels and do the rest in plain 
 Python between them. :mod:`lstmlab.models.lstm_function` uses them where they apply (see
 :func:`lstm_function.loops_in_cpp`) and its Python loops everywhere else.
 
-They are compiled once per machine by ``torch.utils.cpp_extension`` (ninja and a C++ compiler;
-about 20 s) into ``TORCH_EXTENSIONS_DIR`` or else ``~/.cache/torch_extensions``, under a name that changes with the source and the torch
-version. Where they cannot be built, a warning says why once and the Python loops run.
+They are compiled once per machine and checkout by ``torch.utils.cpp_extension`` (ninja and a
+C++ compiler; about 20 s) into ``TORCH_EXTENSIONS_DIR`` or else ``~/.cache/torch_extensions``,
+under a name that changes with the source, its path and the torch and Python versions. Where
+they cannot be built, a warning says why once and the Python loops run.
 ``LSTMLAB_STEP_LOOPS=python`` never uses them (nor does code under :func:`python_only`);
 ``LSTMLAB_STEP_LOOPS=cpp`` makes a failed build an error.
 """
