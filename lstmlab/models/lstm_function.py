@@ -142,10 +142,11 @@ class LSTMDirection(torch.autograd.Function):
         need_x, need_h0, need_c0, need_w_ih, need_w_hh, need_b_ih, need_b_hh, _ = ctx.needs_input_grad
         running = ctx.running
         local = LocalDerivativesAhead(acts, m_all, sig_m, running)  # taken as the walk back comes
+        if ctx.loops is None:
+            d_out_steps = running.per_step_of_padded(d_out)  # ∂L/∂out_t, (n_t, H) each
         with torch.inference_mode():  # the walk back writes into local's buffers, and makes d_h0, d_c0
             if ctx.loops is None:
-                d_out = running.per_step_of_padded(d_out)  # ∂L/∂out_t, (n_t, H) each
-                d_h0, d_c0 = _run_backward(local, d_out, d_h_last, d_c_last, w_hh, running, need_h0)
+                d_h0, d_c0 = _run_backward(local, d_out_steps, d_h_last, d_c_last, w_hh, running, need_h0)
             else:
                 local.reach_all()
                 args = (local.d_gates, local.dh_dc, acts, d_out, d_h_last, d_c_last, w_hh, running.reverse, need_h0)
@@ -276,7 +277,7 @@ def loops_in_cpp(x_rows: Tensor, h0: Tensor, w_hh: Tensor, running: RunningRows)
         and x_rows.dtype in (torch.float32, torch.float64)
         and batch > 0
         and hidden > 0
-        and running.last_rows() is None
+        and running.every_row_runs
         and not use_onednn(x_rows, batch, hidden, w_hh.shape[0])
     )
     return step_loops.compiled() if applies else None

@@ -101,10 +101,15 @@ class RunningRows:
         first, steps = states[: self.batch], states[self.batch :].split_with_sizes(self.sizes)
         return [first[: self.sizes[0]], *(steps[t - 1][:n] for t, n in enumerate(self.sizes) if t > 0)]
 
+    @property
+    def every_row_runs(self) -> bool:
+        """Whether every sequence runs every step (no lengths, or all of them the full length)."""
+        return self._lengths is None
+
     def last_rows(self) -> tuple[Tensor, Tensor] | None:
         """(sequences, their last rows): for each sequence that ran at all, which of the R rows
         holds its last step. None when every sequence runs every step (the last ``batch`` rows)."""
-        if self._lengths is None:
+        if self.every_row_runs:
             return None
         offsets = torch.tensor([0] + self.sizes[:-1]).cumsum(0)  # the first row of each step
         ran = (self._lengths > 0).nonzero().squeeze(1)
