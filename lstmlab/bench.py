@@ -123,8 +123,7 @@ PYTHON_LOOPS = "hand_lstm (manual), Python loops"
 def cpp_loops_apply(x, hidden: int) -> bool:
     """Whether the manual backward runs its loops in C++ for input x (B, T, I) and this hidden size."""
     batch, steps, _ = x.shape
-    state, weight = x.new_zeros(batch, hidden), x.new_zeros(4 * hidden, hidden)
-    return loops_in_cpp(x[:, 0], state, weight, RunningRows(batch, steps)) is not None
+    return loops_in_cpp(x[:, 0], x.new_zeros(batch, hidden), RunningRows(batch, steps)) is not None
 
 
 def with_python_loops(step: Callable[[], None]) -> Callable[[], None]:

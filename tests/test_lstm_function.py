@@ -69,21 +69,21 @@ def assert_all_close(actual, expected):
             torch.testing.assert_close(a, e, **TOL)
 
 
-@pytest.fixture(params=["cpp_loops", "python_loops", "large_size_paths"])
+@pytest.fixture(params=["cpp_loops", "python_loops", "large_size_cpp_loops", "large_size_python_loops"])
 def size_paths(request, monkeypatch):
     """Run a test down every set of code paths whatever its tensors' sizes.
 
-    Small inputs whose every row runs every step go through the C++ loops (step_loops.cpp)
-    where they can be built; the Python loops take the rest, and all of them when
-    LSTMLAB_STEP_LOOPS=python. Large inputs take other routes than small ones: float32 CPU
-    products through oneDNN with the recurrent weight reordered once, the gates written into a
-    lent buffer, and the input projection and the backward pass's local derivatives taken a
-    block of steps at a time.
+    Where every row runs every step, the C++ loops (step_loops.cpp) run the steps where they
+    can be built; the Python loops take the rest, and all of them when LSTMLAB_STEP_LOOPS=python.
+    Large inputs take other routes than small ones, in either loops: float32 CPU products
+    through oneDNN with the recurrent weight reordered once, the gates written into a lent
+    buffer, and the input projection (and, in the Python loops, the backward pass's local
+    derivatives) taken a block of steps at a time.
     """
-    if request.param == "cpp_loops" and step_loops.compiled() is None:
+    if request.param.endswith("cpp_loops") and step_loops.compiled() is None:
         pytest.skip("the C++ step loops cannot be built here (see the warning)")
-    monkeypatch.setenv(step_loops.ENV, "cpp" if request.param == "cpp_loops" else "python")
-    if request.param == "large_size_paths":
+    monkeypatch.setenv(step_loops.ENV, "cpp" if request.param.endswith("cpp_loops") else "python")
+    if request.param.startswith("large_size"):
         monkeypatch.setattr(matmul, "ONEDNN_MIN_MACS", 0)
         # reordered weights from 7 steps on: the float32 tests (6 and 9 steps) take both branches
         monkeypatch.setattr(matmul, "MIN_STEPS_TO_REORDER", 7)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.utils import cpp_extension
 
-from lstmlab.models import step_loops
+from lstmlab.models import matmul, step_loops
 from lstmlab.models.lstm_function import loops_in_cpp, lstm_direction_manual
 from lstmlab.models.variable_length import RunningRows
 
@@ -18,7 +18,7 @@ from lstmlab.models.variable_length import RunningRows
 def where_loops_run(batch, steps, hidden, dtype=torch.float32, lengths=None):
     x = torch.zeros(batch, steps, 2, dtype=dtype)
     running = RunningRows(batch, steps, lengths)
-    return loops_in_cpp(running.rows(x), torch.zeros(batch, hidden, dtype=dtype), torch.zeros(4 * hidden, hidden, dtype=dtype), running)
+    return loops_in_cpp(running.rows(x), torch.zeros(batch, hidden, dtype=dtype), running)
 
 
 @pytest.fixture
@@ -30,14 +30,45 @@ def built(monkeypatch):
     return step_loops.compiled()
 
 
-def test_the_cpp_loops_run_at_small_sizes_only_when_every_row_runs_every_step(built):
+def test_the_cpp_loops_run_on_the_cpu_when_every_row_runs_every_step(built):
     assert where_loops_run(64, 8, 16) is step_loops.compiled()  # the adder's size
+    assert where_loops_run(64, 8, 256) is step_loops.compiled()  # the IMDB size: products through oneDNN
     assert where_loops_run(64, 8, 16, torch.float64) is step_loops.compiled()
     assert where_loops_run(3, 4, 16, lengths=torch.tensor([4, 4, 4])) is step_loops.compiled()
     assert where_loops_run(3, 4, 16, lengths=torch.tensor([4, 2, 1])) is None  # lengths differ
-    assert where_loops_run(64, 8, 256) is None  # the IMDB size: products through oneDNN
     assert where_loops_run(64, 8, 16, torch.bfloat16) is None
     assert where_loops_run(0, 8, 16) is None
+
+
+@pytest.mark.skipif(not matmul.ONEDNN, reason="needs torch built with oneDNN")
+@pytest.mark.parametrize(
+    "features, hidden, min_macs, bias",
+    [(48, 4, 2000, True), (1, 12, 2000, True), (48, 12, 0, True), (48, 12, 0, False)],
+    ids=["projection_in_onednn", "recurrent_product_in_onednn", "both_in_onednn", "both_in_onednn_no_bias"],
+)
+def test_the_cpp_loops_give_what_the_python_loops_give_whichever_products_go_through_onednn(
+    built, monkeypatch, features, hidden, min_macs, bias
+):
+    """In float32 each product goes through oneDNN or ATen by its size, the same in both loops."""
+    monkeypatch.setattr(matmul, "ONEDNN_MIN_MACS", min_macs)
+    monkeypatch.setattr(matmul, "PROJECTION_BLOCK_BYTES", 1000)  # the projection a few steps at a time
+    recurrent = matmul.StepWeight(torch.zeros(4 * hidden, hidden), 4, steps=9)
+    _, projection = matmul.ProjectionAhead.blocks_of(torch.zeros(36, features), torch.zeros(4 * hidden, features), [4] * 9)
+    assert (projection.onednn, recurrent.onednn) == (features == 48, hidden == 12)
+    torch.manual_seed(0)
+    inputs = [torch.randn(shape, requires_grad=True) for shape in
+              [(4, 9, features), (4, hidden), (4, hidden), (4 * hidden, features), (4 * hidden, hidden), (4 * hidden,), (4 * hidden,)]]
+    if not bias:
+        inputs[5:] = [None, None]
+    upstream = [torch.randn(4, 9, hidden), torch.randn(4, hidden), torch.randn(4, hidden)]
+
+    def pass_with(loops):
+        monkeypatch.setenv(step_loops.ENV, loops)
+        outputs = lstm_direction_manual(*inputs)
+        return list(outputs) + list(torch.autograd.grad(outputs, [t for t in inputs if t is not None], upstream))
+
+    for got, want in zip(pass_with("cpp"), pass_with("python"), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
 def test_a_pass_goes_through_the_cpp_loops_forward_and_back_where_they_apply(built, monkeypatch):

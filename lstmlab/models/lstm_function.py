@@ -47,12 +47,12 @@ How it is organised:
   and views then skip autograd's bookkeeping (version counters, records of views), which is a
   few percent of a pass at small sizes. Everything they leave behind was made outside them,
   except ∂L/∂h_0 and ∂L/∂c_0, which are copied out: a gradient must not be an inference tensor.
-* At small sizes on the CPU, when every row runs every step, the two loops run in C++
-  (``step_loops.cpp``: the same equations, the same ATen kernels for the products and σ, no
-  Python between the calls; the rounding may differ in the last bit), since there a step's dozen
-  calls from Python cost several times its work. That path takes W_ih x_t + b and the local
-  derivatives for the whole sequence at once, not a block at a time; see :func:`loops_in_cpp`
-  and :mod:`lstmlab.models.step_loops`.
+* On the CPU, when every row runs every step, the two loops run in C++ (``step_loops.cpp``: the
+  same equations and products, ATen's σ, the rest as plain loops, no Python between the calls;
+  the rounding may differ in the last bit), since at small sizes a step's dozen calls from
+  Python cost several times its work, and at large ones still a few percent. There the
+  backward loop takes each row's local derivatives as it goes, rather than in blocks ahead of
+  it; see :func:`loops_in_cpp` and :mod:`lstmlab.models.step_loops`.
 * Speed on CPU: large float32 products go through oneDNN (see :mod:`lstmlab.models.matmul`); and
   the large buffers (what the forward pass saves besides h, from 1 MB; the
   backward pass's temporaries) are reused from call to call (:mod:`lstmlab.models.scratch`).
@@ -67,7 +67,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from . import step_loops
-from .matmul import ProjectionAhead, StepWeight, matmul_t, row_starts, steps_per_block, sum_of_outer_products, use_onednn
+from .matmul import ProjectionAhead, StepWeight, matmul_t, row_starts, steps_per_block, sum_of_outer_products
 from .scratch import Lease, borrow, scratch
 from .variable_length import RunningRows
 
@@ -122,14 +122,13 @@ class LSTMDirection(torch.autograd.Function):
         h_all = _rows_after(h0, gates.shape[0])
         h, (m0, m) = h_all[h0.shape[0] :], m_all.split_with_sizes((c0.shape[0], gates.shape[0]))
         torch.mul(c0, -2, out=m0)  # −2c_0
-        ctx.loops = loops_in_cpp(x_rows, h0, fw_hh, running)
+        ctx.loops = loops_in_cpp(x_rows, h0, running)
         with torch.inference_mode():  # the loop writes only into the buffers above (see the module docstring)
             if ctx.loops is None:
                 projection = ProjectionAhead(x_rows, fw_ih, bias, running.sizes)  # W_ih x_t + b, a block of steps at a time
                 _run_forward(projection, gates, h, m, sig_m, h0, m0, fw_hh, running)
             else:
-                matmul_t(x_rows, fw_ih, bias, out=gates)  # W_ih x_t + b of every step, in place of the gates
-                ctx.loops.run_forward(gates, h, m, sig_m, h_all[: h0.shape[0]], m0, fw_hh.t())
+                _run_forward_in_cpp(ctx.loops, x_rows, fw_ih, bias, fw_hh, gates, h, m, sig_m, h_all[: h0.shape[0]], m0, running)
         h_last, c_last = _final_states(h, m, h0, c0, running)
         ctx.running = running
         ctx.save_for_backward(x_rows, w_ih, w_hh, gates, m_all, sig_m, h_all)
@@ -141,20 +140,22 @@ class LSTMDirection(torch.autograd.Function):
         x_rows, w_ih, w_hh, acts, m_all, sig_m, h_all = ctx.saved_tensors
         need_x, need_h0, need_c0, need_w_ih, need_w_hh, need_b_ih, need_b_hh, _ = ctx.needs_input_grad
         running = ctx.running
-        local = LocalDerivativesAhead(acts, m_all, sig_m, running)  # taken as the walk back comes
         if ctx.loops is None:
+            local = LocalDerivativesAhead(acts, m_all, sig_m, running)  # taken as the walk back comes
             d_out_steps = running.per_step_of_padded(d_out)  # ∂L/∂out_t, (n_t, H) each
-        with torch.inference_mode():  # the walk back writes into local's buffers, and makes d_h0, d_c0
+            d_rows = local.d_gates  # to become ∂L/∂a for all R rows, (R, 4H)
+        else:
+            d_rows = scratch("d_gates", acts.shape, acts)
+            back = StepWeight(w_hh.t(), h_all.shape[0] - acts.shape[0], steps=len(running.sizes))  # ∂L/∂a_t W_hh
+        with torch.inference_mode():  # the walk back writes into d_rows (and local's buffers), and makes d_h0, d_c0
             if ctx.loops is None:
                 d_h0, d_c0 = _run_backward(local, d_out_steps, d_h_last, d_c_last, w_hh, running, need_h0)
             else:
-                local.reach_all()
-                args = (local.d_gates, local.dh_dc, acts, d_out, d_h_last, d_c_last, w_hh, running.reverse, need_h0)
+                args = (d_rows, acts, sig_m, m_all, d_out, d_h_last, d_c_last, back.w, back.onednn, running.reverse, need_h0)
                 d_h0, d_c0 = ctx.loops.run_backward(*args)
         d_h0 = d_h0.clone() if need_h0 else None  # normal tensors, not inference ones
         d_c0 = d_c0.clone() if need_c0 else None
 
-        d_rows = local.d_gates  # ∂L/∂a for all R rows, (R, 4H)
         d_x = running.padded(matmul_t(d_rows, w_ih.t())) if need_x else None  # ∂L/∂x_t = ∂L/∂a_t W_ih
         # ∂L/∂W_ih = Σ_t ∂L/∂a_tᵀ x_t,  ∂L/∂W_hh = Σ_t ∂L/∂a_tᵀ h_{t-1},  ∂L/∂b_ih = ∂L/∂b_hh = Σ_t ∂L/∂a_t
         d_w_ih = sum_of_outer_products(d_rows, x_rows) if need_w_ih else None
@@ -262,12 +263,19 @@ def _run_forward(projection, gates, h, m, sig_m, h0, m0, w_hh, running):
         h_prev, m_prev = h[t], m[t]
 
 
-def loops_in_cpp(x_rows: Tensor, h0: Tensor, w_hh: Tensor, running: RunningRows) -> ModuleType | None:
+def _run_forward_in_cpp(loops, x_rows, w_ih, bias, w_hh, gates, h, m, sig_m, h0, m0, running):
+    """_run_forward's work by the C++ loops, with the same products: W_ih x_t + b a block of
+    steps ahead (as ProjectionAhead takes it) and W_hh h_{t-1} at each step, each through oneDNN
+    or ATen as :class:`~lstmlab.models.matmul.StepWeight` prepares its weight."""
+    steps, projection = ProjectionAhead.blocks_of(x_rows, w_ih, running.sizes)
+    recurrent = StepWeight(w_hh, h0.shape[0], steps=len(running.sizes))
+    args = (x_rows, projection.w, projection.onednn, bias, recurrent.w, recurrent.onednn, steps)
+    loops.run_forward(*args, gates, h, m, sig_m, h0, m0)
+
+
+def loops_in_cpp(x_rows: Tensor, h0: Tensor, running: RunningRows) -> ModuleType | None:
     """The C++ loops (:mod:`~lstmlab.models.step_loops`) if they apply here, else None: on the
-    CPU, in float32 or float64, when every row runs every step, and where the step's product
-    stays out of oneDNN: float32 products below ONEDNN_MIN_MACS, and float64 ones at any size (at
-    larger float32 sizes the products are the time, and the Python loops route them through
-    oneDNN)."""
+    CPU, in float32 or float64, when every row runs every step."""
     batch, hidden = h0.shape
     applies = (
         step_loops.wanted()
@@ -278,7 +286,6 @@ def loops_in_cpp(x_rows: Tensor, h0: Tensor, w_hh: Tensor, running: RunningRows)
         and batch > 0
         and hidden > 0
         and running.every_row_runs
-        and not use_onednn(x_rows, batch, hidden, w_hh.shape[0])
     )
     return step_loops.compiled() if applies else None
 
@@ -322,11 +329,6 @@ class LocalDerivativesAhead:
         self._m_prev = running.previous(m_all, out=scratch("previous", sig_m.shape, sig_m))  # −2c_{t-1} of each row
         self._steps = steps_per_block(running.sizes, acts.shape[1] * acts.element_size(), acts, LOCAL_BLOCK_BYTES)
         self._starts = row_starts(running.sizes)
-
-    def reach_all(self) -> None:
-        """Fill every row at once (for the C++ loops, which cannot call back into :meth:`reach`)."""
-        buffers = (self._acts, self._m_prev, self._sig_m, self.d_gates, self.dh_dc)
-        _local_derivatives(*buffers)
 
     def reach(self, t: int) -> None:
         """Fill the rows of t's block if t is its last step (the first the walk back reaches)."""

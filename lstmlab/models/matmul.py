@@ -209,18 +209,23 @@ class ProjectionAhead:
 
     def __init__(self, x_rows: Tensor, w: Tensor, bias: Tensor | None, sizes: list[int]) -> None:
         self._x_rows, self._bias, self._sizes = x_rows, bias, sizes
-        self._steps = steps_per_block(sizes, w.shape[0] * x_rows.element_size(), x_rows, PROJECTION_BLOCK_BYTES)
+        self.steps, self.weight = self.blocks_of(x_rows, w, sizes)
         self._starts = row_starts(sizes)
-        blocks = math.ceil(len(sizes) / self._steps)
-        self._weight = StepWeight(w, min(self._steps * max(sizes, default=0), x_rows.shape[0]), steps=blocks)
         self._block: tuple[Tensor, ...] = ()  # the current block of W x + b, split into its steps
+
+    @staticmethod
+    def blocks_of(x_rows: Tensor, w: Tensor, sizes: list[int]) -> tuple[int, StepWeight]:
+        """(steps per block, w prepared for the products of blocks that size)."""
+        steps = steps_per_block(sizes, w.shape[0] * x_rows.element_size(), x_rows, PROJECTION_BLOCK_BYTES)
+        rows = min(steps * max(sizes, default=0), x_rows.shape[0])
+        return steps, StepWeight(w, rows, steps=math.ceil(len(sizes) / steps))
 
     def at(self, t: int) -> Tensor:
         """W x_t + b (sizes[t], G), as a view of its block (taken when t starts one)."""
-        first = t - t % self._steps  # the block's first step
+        first = t - t % self.steps  # the block's first step
         if t == first:
-            last = min(t + self._steps, len(self._sizes))
-            block = self._weight.affine(self._x_rows[self._starts[t] : self._starts[last]], self._bias)
+            last = min(t + self.steps, len(self._sizes))
+            block = self.weight.affine(self._x_rows[self._starts[t] : self._starts[last]], self._bias)
             self._block = block.split_with_sizes(self._sizes[t:last])
         return self._block[t - first]
 

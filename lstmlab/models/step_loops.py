@@ -1,10 +1,12 @@
 """The manual backward's two loops in C++ (``step_loops.cpp``), built on first use.
 
 At the adder's size (64 rows, 16 units) a step's arithmetic is a few thousand numbers, and the
-fixed cost of each of the dozen calls a step makes from Python is what the step costs; the
-C++ loops make the same calls to the same ATen kernels and do the rest in plain loops, with no
-Python between them. :mod:`lstmlab.models.lstm_function` uses them where they apply (see
-:func:`lstm_function.loops_in_cpp`) and its Python loops everywhere else.
+fixed cost of each of the dozen calls a step makes from Python is what the step costs; at the
+large sizes the calls still cost a few percent, and the Python backward takes the local
+derivatives in a pass of its own. The C++ loops make the same products (through oneDNN or ATen,
+as :class:`~lstmlab.models.matmul.StepWeight` decides) and σ calls, and do the rest in plain
+loops, with no Python between them. :mod:`lstmlab.models.lstm_function` uses them where they
+apply (see :func:`lstm_function.loops_in_cpp`) and its Python loops everywhere else.
 
 They are compiled once per machine and checkout by ``torch.utils.cpp_extension`` (ninja and a
 C++ compiler; about 20 s) into ``TORCH_EXTENSIONS_DIR`` or else ``~/.cache/torch_extensions``,
