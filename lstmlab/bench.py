@@ -5,7 +5,7 @@
 Every model gets the same input and, for the LSTMs, the same weights (nn.LSTM's state_dict
 loaded into HandLSTM). Each row is the best of ``--repeat`` timed rounds after warm-up, the
 models of a case timed in turn in every round. Where the manual backward runs its loops in C++
-(:mod:`lstmlab.models.step_loops`: small sizes), a row times it with its Python loops too. Cases
+(:mod:`lstmlab.models.step_loops`: on the CPU), a row times it with its Python loops too. Cases
 of at most COMPILE_MAX_STEPS steps also
 time HandLSTM (autograd) under ``torch.compile``, which fuses each step's elementwise gate math
 and its derivative into a few C++ kernels (its compile time is printed below the table).

@@ -5,6 +5,7 @@ Their results are checked against autograd, nn.LSTM and gradcheck with the Pytho
 import os
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -51,7 +52,7 @@ def test_the_cpp_loops_give_what_the_python_loops_give_whichever_products_go_thr
 ):
     """In float32 each product goes through oneDNN or ATen by its size, the same in both loops."""
     monkeypatch.setattr(matmul, "ONEDNN_MIN_MACS", min_macs)
-    monkeypatch.setattr(matmul, "PROJECTION_BLOCK_BYTES", 1000)  # the projection a few steps at a time
+    monkeypatch.setattr(matmul, "PROJECTION_BLOCK_BYTES", 512)  # the projection 1 or 2 steps at a time (9 steps: 2, 2, 2, 2, 1)
     recurrent = matmul.StepWeight(torch.zeros(4 * hidden, hidden), 4, steps=9)
     _, projection = matmul.ProjectionAhead.blocks_of(torch.zeros(36, features), torch.zeros(4 * hidden, features), [4] * 9)
     assert (projection.onednn, recurrent.onednn) == (features == 48, hidden == 12)
@@ -147,11 +148,23 @@ def test_a_build_killed_midway_does_not_keep_the_next_one_waiting(monkeypatch, t
     (directory / "lock").touch()
     path_before, seen = os.environ["PATH"], []
 
+    module = SimpleNamespace(onednn_linear_found=lambda: True)
+
     def load(name, sources, build_directory, **kwargs):
         seen.append((Path(build_directory) / "lock").exists())
-        return "the module"
+        return module
 
     monkeypatch.setattr(cpp_extension, "load", load)
-    assert step_loops.compiled() == "the module"
+    assert step_loops.compiled() is module
     assert seen == [False]
     assert os.environ["PATH"] == path_before
+
+
+@pytest.mark.skipif(not matmul.ONEDNN, reason="needs torch built with oneDNN")
+def test_loops_that_cannot_call_this_torchs_onednn_are_not_used(monkeypatch):
+    """A torch whose oneDNN linear has another signature: a warning, and the Python loops."""
+    monkeypatch.setattr(step_loops, "_built", {})
+    monkeypatch.delenv(step_loops.ENV, raising=False)
+    monkeypatch.setattr(cpp_extension, "load", lambda *args, **kwargs: SimpleNamespace(onednn_linear_found=lambda: False))
+    with pytest.warns(UserWarning, match="Python loops run instead: this torch's oneDNN linear .* has a signature"):
+        assert where_loops_run(64, 8, 16) is None

@@ -21,7 +21,8 @@ How it is organised:
   as one (R, ·) matrix for the products taken over the whole sequence. Inputs and outputs stay
   batch-first (B, T, ·).
 * Everything a gate's gradient needs besides the running ∂L/∂h_t and ∂L/∂c_t is known once the
-  forward pass is over, so it is computed for many steps at once: the local factors
+  forward pass is over, so the Python loops compute it for many steps at once (the C++ loops
+  fold it into their one loop over each step's numbers): the local factors
   ∂c_t/∂a_{i,f,g} and ∂h_t/∂a_o (one σ' call over all four gates, as one σ call gave them
   forward), and ∂h_t/∂c_t. They are written into the (R, 4H) buffer that then becomes ∂L/∂a:
   each step multiplies its slice in place by ∂L/∂c_t (gates i, f, g, which are adjacent) or by
@@ -269,7 +270,8 @@ def _run_forward_in_cpp(loops, x_rows, w_ih, bias, w_hh, gates, h, m, sig_m, h0,
     or ATen as :class:`~lstmlab.models.matmul.StepWeight` prepares its weight."""
     steps, projection = ProjectionAhead.blocks_of(x_rows, w_ih, running.sizes)
     recurrent = StepWeight(w_hh, h0.shape[0], steps=len(running.sizes))
-    args = (x_rows, projection.w, projection.onednn, bias, recurrent.w, recurrent.onednn, steps)
+    # x_rows is a view of x where it can be (e.g. a batch of one), with x's strides
+    args = (x_rows.contiguous(), projection.w, projection.onednn, bias, recurrent.w, recurrent.onednn, steps)
     loops.run_forward(*args, gates, h, m, sig_m, h0, m0)
 
 

@@ -16,11 +16,16 @@
 
 using at::Tensor;
 
-// Each loop over a step's rows is compiled for AVX-512 and AVX2 besides the baseline, the one the
-// processor has being picked at load time (GCC and Clang on x86-64; elsewhere, the baseline only).
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__APPLE__)
-#define VECTORIZED __attribute__((target_clones("avx512f", "avx2,fma", "default")))
-#else
+// The loops over a step's rows are compiled for AVX-512 and AVX2 besides the baseline, the one the
+// processor has being picked when the module loads (an ifunc: x86-64 with glibc, a compiler with
+// target_clones; elsewhere the baseline only). Only plain functions are cloned (clang clones no
+// templates): the float and double ones at the end of this namespace.
+#if defined(__x86_64__) && defined(__GLIBC__) && defined(__has_attribute)
+#if __has_attribute(target_clones)
+#define VECTORIZED __attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
+#endif
+#ifndef VECTORIZED
 #define VECTORIZED
 #endif
 #define ALWAYS_INLINE inline __attribute__((always_inline))
@@ -29,7 +34,7 @@ namespace {
 
 // m_t = −2c_t = f_t ⊙ m_{t-1} − 2 i_t ⊙ (2s_t − 1), for gates (i, f, s, o) of each row, s_t = σ(2a_g)
 template <typename T>
-VECTORIZED void cell_state(const T* gates, const T* m_prev, T* m, int64_t rows, int64_t hidden) {
+ALWAYS_INLINE void cell_state_of(const T* gates, const T* m_prev, T* m, int64_t rows, int64_t hidden) {
   for (int64_t r = 0; r < rows; ++r) {
     const T* i = gates + r * 4 * hidden;
     const T* f = i + hidden;
@@ -44,7 +49,7 @@ VECTORIZED void cell_state(const T* gates, const T* m_prev, T* m, int64_t rows, 
 
 // h_t = o_t ⊙ tanh(c_t) = o_t − 2 o_t ⊙ σ(−2c_t)
 template <typename T>
-VECTORIZED void hidden_state(const T* gates, const T* sig_m, T* h, int64_t rows, int64_t hidden) {
+ALWAYS_INLINE void hidden_state_of(const T* gates, const T* sig_m, T* h, int64_t rows, int64_t hidden) {
   for (int64_t r = 0; r < rows; ++r) {
     const T* o = gates + r * 4 * hidden + 3 * hidden;
     const T* sm = sig_m + r * hidden;
@@ -80,8 +85,8 @@ ALWAYS_INLINE void gate_gradients_of_row(T* __restrict__ d_i, T* __restrict__ d_
 // One step back for a step's rows: d_gates (rows, 4H) gets ∂L/∂a_t, from gates (rows, 4H) and
 // sig_m, m_prev, d_h (rows, H); d_c (rows, H) as above.
 template <typename T>
-VECTORIZED void gate_gradients(T* d_gates, const T* gates, const T* sig_m, const T* m_prev, const T* d_h, T* d_c,
-                               int64_t rows, int64_t hidden) {
+ALWAYS_INLINE void gate_gradients_of(T* d_gates, const T* gates, const T* sig_m, const T* m_prev, const T* d_h, T* d_c,
+                                     int64_t rows, int64_t hidden) {
   for (int64_t r = 0; r < rows; ++r) {
     T* d = d_gates + r * 4 * hidden;
     const T* g = gates + r * 4 * hidden;
@@ -89,6 +94,33 @@ VECTORIZED void gate_gradients(T* d_gates, const T* gates, const T* sig_m, const
     gate_gradients_of_row(d, d + hidden, d + 2 * hidden, d + 3 * hidden, g, g + hidden, g + 2 * hidden, g + 3 * hidden,
                           sig_m + at, m_prev + at, d_h + at, d_c + at, hidden);
   }
+}
+
+// The three loops in float and in double, each cloned (see VECTORIZED)
+#define CLONED_LOOPS(T)                                                                                               \
+  VECTORIZED void cell_state(const T* gates, const T* m_prev, T* m, int64_t rows, int64_t hidden) {                   \
+    cell_state_of(gates, m_prev, m, rows, hidden);                                                                    \
+  }                                                                                                                   \
+  VECTORIZED void hidden_state(const T* gates, const T* sig_m, T* h, int64_t rows, int64_t hidden) {                  \
+    hidden_state_of(gates, sig_m, h, rows, hidden);                                                                   \
+  }                                                                                                                   \
+  VECTORIZED void gate_gradients(T* d_gates, const T* gates, const T* sig_m, const T* m_prev, const T* d_h, T* d_c,   \
+                                 int64_t rows, int64_t hidden) {                                                      \
+    gate_gradients_of(d_gates, gates, sig_m, m_prev, d_h, d_c, rows, hidden);                                         \
+  }
+CLONED_LOOPS(float)
+CLONED_LOOPS(double)
+#undef CLONED_LOOPS
+
+// oneDNN's inner product, torch.ops.mkldnn._linear_pointwise, with its C++ signature checked when
+// first looked up (an error, not a wrong call, should a torch change it): see onednn_linear_found
+using OneDnnLinear = Tensor(const Tensor&, const Tensor&, const std::optional<Tensor>&, c10::string_view,
+                            c10::List<std::optional<c10::Scalar>>, std::optional<c10::string_view>);
+
+const c10::TypedOperatorHandle<OneDnnLinear>& onednn_linear() {
+  static const auto linear =
+      c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_linear_pointwise", "").typed<OneDnnLinear>();
+  return linear;
 }
 
 // a @ Wᵀ (+ bias) for a weight prepared by matmul.StepWeight: reordered for oneDNN's inner product
@@ -101,11 +133,7 @@ struct Product {
   // a @ Wᵀ (+ bias), a new tensor (oneDNN), or written into out (ATen) and out returned
   Tensor into(Tensor out, const Tensor& a, const std::optional<Tensor>& bias) const {
     if (onednn) {
-      static const c10::OperatorHandle linear =
-          c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_linear_pointwise", "");
-      torch::jit::Stack stack{a, w, bias, std::string("none"), c10::List<std::optional<c10::Scalar>>(), std::string("")};
-      linear.callBoxed(&stack);
-      return stack[0].toTensor();
+      return onednn_linear().call(a, w, bias, "none", c10::List<std::optional<c10::Scalar>>(), "");
     }
     return bias ? at::addmm_out(out, *bias, a, w) : at::mm_out(out, a, w);
   }
@@ -114,7 +142,7 @@ struct Product {
   void add(Tensor out, const Tensor& a, const Tensor& other) const {
     if (onednn) {
       at::add_out(out, into(Tensor(), a, std::nullopt), other);
-    } else if (other.data_ptr() == out.data_ptr()) {  // other is out itself (a projection written in place)
+    } else if (other.data_ptr() == out.data_ptr() && other.strides() == out.strides()) {  // other is out (a projection written in place)
       out.addmm_(a, w);
     } else {
       at::addmm_out(out, other, a, w);
@@ -129,6 +157,13 @@ void check(const std::vector<Tensor>& tensors) {
   }
 }
 
+// A product's weight for outputs × inputs: W (outputs, inputs) for oneDNN, Wᵀ for ATen (see Product)
+void check_weight(const Product& product, int64_t outputs, int64_t inputs, const char* name) {
+  const auto expected = product.onednn ? std::vector<int64_t>{outputs, inputs} : std::vector<int64_t>{inputs, outputs};
+  TORCH_CHECK(product.w.dim() == 2 && product.w.sizes() == c10::IntArrayRef(expected), "step_loops: ", name,
+              ": expected ", c10::IntArrayRef(expected), ", got ", product.w.sizes());
+}
+
 }  // namespace
 
 // x_rows (R, I) the input rows, step after step; w_ih and bias give W_ih x_t + b, taken
@@ -138,7 +173,7 @@ void check(const std::vector<Tensor>& tensors) {
 void run_forward(Tensor x_rows, Tensor w_ih, bool w_ih_onednn, std::optional<Tensor> bias, Tensor w_hh,
                  bool w_hh_onednn, int64_t steps_per_block, Tensor gates, Tensor h, Tensor m, Tensor sig_m, Tensor h0,
                  Tensor m0) {
-  check({x_rows, gates, h, m, sig_m, h0, m0});
+  check({x_rows, gates, h, m, sig_m, h0, m0, w_ih, w_hh});
   TORCH_CHECK(x_rows.is_contiguous() && gates.is_contiguous() && h.is_contiguous() && m.is_contiguous() &&
                   sig_m.is_contiguous() && h0.is_contiguous() && m0.is_contiguous(),
               "step_loops: expected contiguous buffers");
@@ -148,8 +183,14 @@ void run_forward(Tensor x_rows, Tensor w_ih, bool w_ih_onednn, std::optional<Ten
                   h.sizes() == sig_m.sizes() && h.size(0) == gates.size(0) && h.size(1) == hidden &&
                   m0.sizes() == h0.sizes(),
               "step_loops.run_forward: shapes do not fit");
-  c10::InferenceMode no_autograd;
   const Product input{w_ih, w_ih_onednn}, recurrent{w_hh, w_hh_onednn};
+  check_weight(input, 4 * hidden, x_rows.size(1), "w_ih");
+  check_weight(recurrent, 4 * hidden, hidden, "w_hh");
+  if (bias) {
+    check({gates, *bias});
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == 4 * hidden, "step_loops: bias: expected (", 4 * hidden, "), got ", bias->sizes());
+  }
+  c10::InferenceMode no_autograd;
   Tensor h_prev = h0, m_prev = m0;
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "run_forward", [&] {
     for (int64_t first = 0; first < steps; first += steps_per_block) {
@@ -180,7 +221,7 @@ void run_forward(Tensor x_rows, Tensor w_ih, bool w_ih_onednn, std::optional<Ten
 // tensor unless need_h0; ∂L/∂c_0).
 std::vector<Tensor> run_backward(Tensor d_gates, Tensor gates, Tensor sig_m, Tensor m_all, Tensor d_out, Tensor d_h_last,
                                  Tensor d_c_last, Tensor w_hh, bool w_hh_onednn, bool reverse, bool need_h0) {
-  check({d_gates, gates, sig_m, m_all, d_out, d_h_last, d_c_last});
+  check({d_gates, gates, sig_m, m_all, d_out, d_h_last, d_c_last, w_hh});
   TORCH_CHECK(d_gates.is_contiguous() && gates.is_contiguous() && sig_m.is_contiguous() && m_all.is_contiguous(),
               "step_loops: expected contiguous buffers");
   const int64_t batch = d_c_last.size(0), hidden = d_c_last.size(1), steps = batch > 0 ? d_gates.size(0) / batch : 0;
@@ -190,8 +231,9 @@ std::vector<Tensor> run_backward(Tensor d_gates, Tensor gates, Tensor sig_m, Ten
                   d_out.size(0) == batch && d_out.size(1) == steps && d_out.size(2) == hidden &&
                   d_h_last.sizes() == d_c_last.sizes(),
               "step_loops.run_backward: shapes do not fit");
-  c10::InferenceMode no_autograd;
   const Product recurrent{w_hh, w_hh_onednn};
+  check_weight(recurrent, hidden, 4 * hidden, "w_hh");
+  c10::InferenceMode no_autograd;
   auto d_out_at = [&](int64_t t) { return d_out.select(1, reverse ? steps - 1 - t : t); };  // ∂L/∂out_t (B, H)
   Tensor d_h = (d_out_at(steps - 1) + d_h_last).contiguous();  // ∂L/∂h_T, via the last output and h_T
   Tensor d_c = d_c_last.contiguous().clone();                         // ∂L/∂c_T
@@ -215,7 +257,18 @@ std::vector<Tensor> run_backward(Tensor d_gates, Tensor gates, Tensor sig_m, Ten
   return {need_h0 ? d_h0 : Tensor(), d_c};
 }
 
+// Whether oneDNN's inner product is there with the signature these loops call it by.
+bool onednn_linear_found() {
+  try {
+    onednn_linear();
+    return true;
+  } catch (const c10::Error&) {
+    return false;
+  }
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
+  module.def("onednn_linear_found", &onednn_linear_found, "whether oneDNN's inner product can be called from here");
   // they touch no Python object: other Python threads run meanwhile, as between torch's own calls
   module.def("run_forward", &run_forward, "the forward loop, every row running every step",
              pybind11::call_guard<pybind11::gil_scoped_release>());

@@ -34,6 +34,8 @@ from typing import Iterator
 
 import torch
 
+from . import matmul
+
 __all__ = ["ENV", "compiled", "python_only", "wanted"]
 
 ENV = "LSTMLAB_STEP_LOOPS"  # "python", "cpp", or unset (C++ where it can be built)
@@ -103,7 +105,10 @@ def _build(name: str) -> ModuleType | None:
         with _only_builder(directory), _ninja_on_path():
             if not any(directory.glob(f"{name}*.so")):
                 _log.info("building the C++ step loops of the manual backward (once per machine, about 20 s)")
-            return cpp_extension.load(name, [str(SOURCE)], extra_cflags=["-O3"], build_directory=str(directory))
+            module = cpp_extension.load(name, [str(SOURCE)], extra_cflags=["-O3"], build_directory=str(directory))
+        if matmul.ONEDNN and not module.onednn_linear_found():
+            raise RuntimeError("this torch's oneDNN linear (mkldnn::_linear_pointwise) has a signature the loops do not know")
+        return module
     except Exception as error:  # no compiler, no ninja, no Python headers: the Python loops still work
         warnings.warn(f"the C++ step loops could not be built, the Python loops run instead: {_reason(error)}", stacklevel=3)
         return None
