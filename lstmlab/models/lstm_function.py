@@ -147,7 +147,7 @@ class LSTMDirection(torch.autograd.Function):
             d_rows = local.d_gates  # to become ∂L/∂a for all R rows, (R, 4H)
         else:
             d_rows = scratch("d_gates", acts.shape, acts)
-            back = StepWeight(w_hh.t(), h_all.shape[0] - acts.shape[0], steps=len(running.sizes))  # ∂L/∂a_t W_hh
+            back = StepWeight(w_hh.t(), running.batch, steps=len(running.sizes))  # ∂L/∂a_t W_hh
         with torch.inference_mode():  # the walk back writes into d_rows (and local's buffers), and makes d_h0, d_c0
             if ctx.loops is None:
                 d_h0, d_c0 = _run_backward(local, d_out_steps, d_h_last, d_c_last, w_hh, running, need_h0)

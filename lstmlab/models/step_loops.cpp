@@ -142,10 +142,17 @@ struct Product {
   void add(Tensor out, const Tensor& a, const Tensor& other) const {
     if (onednn) {
       at::add_out(out, into(Tensor(), a, std::nullopt), other);
-    } else if (other.data_ptr() == out.data_ptr() && other.strides() == out.strides()) {  // other is out (a projection written in place)
-      out.addmm_(a, w);
     } else {
       at::addmm_out(out, other, a, w);
+    }
+  }
+
+  // out += a @ Wᵀ
+  void add_to(Tensor out, const Tensor& a) const {
+    if (onednn) {
+      out.add_(into(Tensor(), a, std::nullopt));
+    } else {
+      out.addmm_(a, w);
     }
   }
 };
@@ -196,13 +203,18 @@ void run_forward(Tensor x_rows, Tensor w_ih, bool w_ih_onednn, std::optional<Ten
     for (int64_t first = 0; first < steps; first += steps_per_block) {
       const int64_t block = std::min(steps_per_block, steps - first);
       Tensor block_gates = gates.narrow(0, first * batch, block * batch);
-      // W_ih x_t + b of the block's steps, while its steps come (in place of their gates with ATen)
+      // W_ih x_t + b of the block's steps, while its steps come (with ATen, written in their gates' place)
       Tensor projection = input.into(block_gates, x_rows.narrow(0, first * batch, block * batch), bias);
       for (int64_t t = first; t < first + block; ++t) {
         Tensor a = gates.narrow(0, t * batch, batch);
         Tensor m_t = m.narrow(0, t * batch, batch), sig_m_t = sig_m.narrow(0, t * batch, batch);
         Tensor h_t = h.narrow(0, t * batch, batch);
-        recurrent.add(a, h_prev, projection.narrow(0, (t - first) * batch, batch));  // a_t = W_ih x_t + b + W_hh h_{t-1}
+        // a_t = W_ih x_t + b + W_hh h_{t-1}
+        if (input.onednn) {
+          recurrent.add(a, h_prev, projection.narrow(0, (t - first) * batch, batch));
+        } else {  // W_ih x_t + b is in a already
+          recurrent.add_to(a, h_prev);
+        }
         a.sigmoid_();  // i_t, f_t, o_t = σ(a_i), σ(a_f), σ(a_o); s_t = σ(2a_g), g_t = 2s_t − 1
         cell_state(a.const_data_ptr<scalar_t>(), m_prev.const_data_ptr<scalar_t>(), m_t.data_ptr<scalar_t>(), batch, hidden);
         at::sigmoid_out(sig_m_t, m_t);  // σ(−2c_t), and tanh(c_t) = 1 − 2σ(−2c_t)
