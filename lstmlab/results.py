@@ -62,12 +62,18 @@ def hydra_record(run_dir: Path | str, name: str) -> Any:
         return {}
 
 
-def command_of(run_dir: Path | str) -> dict[str, str]:
+def hydra_meta(run_dir: Path | str) -> dict:
+    """The ``hydra`` section of ``run_dir/.hydra/hydra.yaml`` (job number, config-group choices); {} if unreadable."""
+    return hydra_record(run_dir, "hydra").get("hydra") or {}
+
+
+def command_of(run_dir: Path | str, meta: Mapping | None = None) -> dict[str, str]:
     """The command that last started in ``run_dir``, from Hydra's record: its ``overrides``, and
     the option each config group got, overridden or not (``choices``: 'task=adder
-    model=hand_lstm trainer=default', Hydra's own groups left out); {} without a record."""
+    model=hand_lstm trainer=default', Hydra's own groups left out); {} without a record.
+    ``meta``: :func:`hydra_meta` of ``run_dir``, where the caller has read it already."""
     overrides = hydra_record(run_dir, "overrides")
-    meta = hydra_record(run_dir, "hydra").get("hydra") or {}
+    meta = hydra_meta(run_dir) if meta is None else meta
     if not overrides and not meta:
         return {}
     choices = (meta.get("runtime") or {}).get("choices") or {}

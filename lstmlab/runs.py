@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from .config_keys import flatten_config
-from .results import COMMAND_COLUMNS, command_of, hydra_record, read_result
+from .results import COMMAND_COLUMNS, command_of, hydra_meta, hydra_record, read_result
 
 FINISHED, FAILED, DIVERGED, INTERRUPTED = "finished", "failed", "diverged", "interrupted"
 INCOMPLETE = "incomplete"  # no result.csv: running, killed, or stopped before its training began
@@ -44,11 +44,11 @@ def job_row(run_dir: Path, root: Path) -> dict:
     stopped before writing anything. ``choices`` gives a group one sweep did not override a value
     when sweeps are compared.
     """
-    meta = hydra_record(run_dir, "hydra").get("hydra") or {}
+    meta = hydra_meta(run_dir)
     result = read_result(run_dir)
     if result is None:  # running, interrupted or killed: the config Hydra saved
         result = flatten_config(hydra_record(run_dir, "config")) | {"status": INCOMPLETE}
-    command = command_of(run_dir)
+    command = command_of(run_dir, meta)
     for column in COMMAND_COLUMNS:  # result.csv's own record, when it has one (an empty one reads as NaN)
         if column in result:
             value = result.pop(column)
